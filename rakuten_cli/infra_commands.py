@@ -1,0 +1,65 @@
+"""`broker`, `init-db`, `doctor`, `config`: the ground the rest stands on."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from rakuten_cli.context import console, settings_of
+from rakuten_stream.database import upgrade
+from rakuten_stream.doctor import run_checks
+from rakuten_stream.embedded_broker import EmbeddedBroker
+from rakuten_stream.settings import redact_url
+
+
+def broker(
+    ctx: typer.Context,
+    port: int = typer.Option(None, help="Kafka port on 127.0.0.1 (default: RAKUTEN_BROKER_PORT or 19092)"),
+    data_dir: Path = typer.Option(None, help="where the broker keeps its data (default: var/broker)"),
+) -> None:
+    """Run the embedded Kafka-compatible broker (noida-db) on loopback until Ctrl-C / SIGTERM."""
+    settings = settings_of(ctx)
+    embedded = EmbeddedBroker(port or settings.broker_port, data_dir or settings.broker_data_dir)
+    embedded.start()
+    console.print(f"[green]Kafka ready[/] at [bold]{embedded.bootstrap_servers}[/] "
+                  f"(data in {embedded.data_dir}); Ctrl-C stops it")
+
+    def _stop(signum, _frame):
+        embedded.stop()
+        raise typer.Exit(0)
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        code = embedded.wait()
+    except KeyboardInterrupt:
+        embedded.stop()
+        code = 0
+    raise typer.Exit(code)
+
+
+def init_db(ctx: typer.Context) -> None:
+    """Create or upgrade the database schema (Alembic migrations)."""
+    url = settings_of(ctx).database_url.get_secret_value()
+    upgrade(url)
+    console.print(f"[green]database ready[/] at {redact_url(url)}")
+
+
+def doctor(ctx: typer.Context) -> None:
+    """Check Kafka, the database and Redis; say what is reachable and what to do about the rest."""
+    results = run_checks(settings_of(ctx))
+    table = Table("service", "status", "target", "detail", "what to do", title="rakuten-stream doctor")
+    for r in results:
+        status = "[green]ok[/]" if r.ok else "[red]unreachable[/]"
+        table.add_row(r.name, status, r.target, f"{r.detail} ({r.seconds:.2f}s)", r.advice)
+    console.print(table)
+    required_down = [r for r in results if not r.ok and r.name != "redis"]
+    raise typer.Exit(1 if required_down else 0)
+
+
+def show_config(ctx: typer.Context) -> None:
+    """Print the effective settings (secrets masked)."""
+    print(json.dumps(settings_of(ctx).redacted(), indent=2, default=str))

@@ -1,0 +1,42 @@
+"""The `rakuten-stream` command: one console script, a subcommand per job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from rakuten_cli import infra_commands
+from rakuten_cli.context import configure_logging
+from rakuten_stream.settings import Settings
+
+app = typer.Typer(help="Classify Rakuten product listings streaming through Kafka.", no_args_is_help=True,
+                  pretty_exceptions_show_locals=False)
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    bootstrap_servers: str = typer.Option(None, "--bootstrap-servers", help="Kafka (RAKUTEN_KAFKA_BOOTSTRAP_SERVERS)"),
+    database_url: str = typer.Option(None, "--database-url", help="SQLAlchemy URL (RAKUTEN_DATABASE_URL)"),
+    redis_url: str = typer.Option(None, "--redis-url", help="Redis URL (RAKUTEN_REDIS_URL)"),
+    model_dir: Path = typer.Option(None, "--model-dir", help="model artifacts (RAKUTEN_MODEL_DIR)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    configure_logging(verbose)
+    ctx.ensure_object(dict)["settings"] = Settings().with_overrides(
+        kafka_bootstrap_servers=bootstrap_servers, database_url=database_url, redis_url=redis_url,
+        model_dir=model_dir,
+    )
+
+
+app.command("broker")(infra_commands.broker)
+app.command("init-db")(infra_commands.init_db)
+app.command("doctor")(infra_commands.doctor)
+app.command("config")(infra_commands.show_config)
+# -- publish / results / lag (producers and downstream consumers) --
+# -- training and the model registry --
+# -- the stream worker, replay and the demo --
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,42 @@
+"""``predictions.v1``: the category a worker chose for one listing."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import ClassVar
+
+from pydantic import BaseModel, Field
+
+from schemas.versioning import VersionedMessage
+
+
+class CategoryScore(BaseModel):
+    prdtypecode: int
+    category: str
+    probability: float = Field(..., ge=0, le=1)
+
+
+class SourcePosition(BaseModel):
+    topic: str
+    partition: int
+    offset: int
+
+
+class Prediction(VersionedMessage):
+    TOPIC: ClassVar[str] = "predictions.v1"
+
+    productid: int
+    prdtypecode: int
+    category: str
+    confidence: float = Field(..., ge=0, le=1, description="calibrated probability of prdtypecode")
+    top_k: list[CategoryScore]
+    contributions: dict[str, float] = Field(
+        default_factory=dict, description="share of the decision per modality (text_tfidf, text_e5, image)"
+    )
+    modalities: list[str] = Field(default_factory=list, description="modalities that were available")
+    model_version: str
+    source: SourcePosition | None = None
+    content_hash: str | None = None
+    cached: bool = False
+    event_time: datetime | None = None
+    predicted_at: datetime

@@ -1,0 +1,103 @@
+"""Shared fixtures: a real Kafka-compatible broker, real PostgreSQL and Redis, real data.
+
+- ``kafka_bootstrap``: one embedded noida-db per test session on a free loopback port, in a
+  throwaway data dir (or an existing cluster named by RAKUTEN_TEST_KAFKA_BOOTSTRAP).
+- ``settings``: per test, with unique topic names and consumer groups, so tests never see each
+  other's messages (the broker cannot evict dead members; fresh groups avoid stalls).
+- ``postgres_url``: a database created for the session and dropped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rakuten_stream.embedded_broker import EmbeddedBroker, free_port
+from rakuten_stream.settings import Settings
+
+POSTGRES_ADMIN_URL = os.environ.get("RAKUTEN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_TEST_URL = os.environ.get("RAKUTEN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+DATA_DIR = Path(os.environ.get("RAKUTEN_DATA_DIR", Path(__file__).resolve().parents[2] / "shared/data/rakuten"))
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("RAKUTEN_TEST_KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    with EmbeddedBroker(free_port(), tmp_path_factory.mktemp("broker")) as broker:
+        yield broker.bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    import psycopg
+
+    name = f"rakuten_test_{uuid.uuid4().hex[:12]}"
+    admin_url = POSTGRES_ADMIN_URL
+    try:
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is required for these tests ({admin_url}): {exc}")
+    base = admin_url.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis is required for these tests ({REDIS_TEST_URL}): {exc}")
+    return REDIS_TEST_URL
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'rakuten.db'}"
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, tmp_path: Path, redis_url: str) -> Settings:
+    """Settings of one test: its own topics, consumer group, model dir and SQLite database."""
+    run = uuid.uuid4().hex[:8]
+    return Settings(
+        kafka_bootstrap_servers=kafka_bootstrap,
+        topic_products=f"products.v1.{run}",
+        topic_predictions=f"predictions.v1.{run}",
+        topic_labels=f"labels.v1.{run}",
+        topic_dead_letters=f"dlq.v1.{run}",
+        topic_model_updates=f"model-updates.v1.{run}",
+        topic_retrain_requests=f"retrain-requests.v1.{run}",
+        topic_drift_reports=f"drift-reports.v1.{run}",
+        topic_partitions=2,
+        worker_group_id=f"workers-{run}",
+        database_url=f"sqlite:///{tmp_path / 'rakuten.db'}",
+        redis_url=redis_url,
+        model_dir=tmp_path / "models",
+        report_dir=tmp_path / "reports",
+        metrics_port=0,
+        batch_max_wait_ms=100,
+    )
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA_DIR / "products.csv").is_file():
+        pytest.skip(f"Rakuten sample not found at {DATA_DIR} (set RAKUTEN_DATA_DIR)")
+    return DATA_DIR
