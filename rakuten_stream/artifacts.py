@@ -1,0 +1,108 @@
+"""The artifact contract between training and serving: a version directory with a manifest.
+
+A model version is a folder of ONNX graphs (and the small files their inputs need) plus
+``manifest.json``: the classes, preprocessing parameters, fusion weights and the sha256 of
+every file. Serving verifies the hashes before it loads anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+MANIFEST = "manifest.json"
+MODALITIES = ("tfidf", "e5", "image")
+
+
+class ArtifactError(RuntimeError):
+    pass
+
+
+class TfidfSpec(BaseModel):
+    featurizer: str
+    classifier: str
+    classes: list[int]
+
+
+class E5Spec(BaseModel):
+    encoder: str
+    tokenizer: str
+    head: str
+    classes: list[int]
+    max_length: int = 128
+    prefix: str = "query: "
+    quantized: bool = False
+
+
+class ImageSpec(BaseModel):
+    encoder: str
+    head: str
+    classes: list[int]
+    preprocessing: dict[str, Any]
+
+
+class FusionSpec(BaseModel):
+    method: Literal["weighted", "stacking"] = "weighted"
+    weights: dict[str, float] = Field(default_factory=dict)
+    stacker: str | None = None
+    stacker_coef: str | None = None
+    modalities: list[str] = Field(default_factory=list, description="order of the stacker's input blocks")
+
+
+class Manifest(BaseModel):
+    version: str
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    classes: list[int]
+    category_names: dict[int, str]
+    tfidf: TfidfSpec | None = None
+    e5: E5Spec | None = None
+    image: ImageSpec | None = None
+    fusion: FusionSpec = Field(default_factory=FusionSpec)
+    files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256")
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def modalities(self) -> list[str]:
+        return [m for m in MODALITIES if getattr(self, m) is not None]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> Path:
+    """Hash every file of the version directory into the manifest and write it."""
+    files = {p.name: sha256_of(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST}
+    manifest = manifest.model_copy(update={"files": files})
+    path = directory / MANIFEST
+    path.write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+    return path
+
+
+def read_manifest(directory: Path, verify: bool = True) -> Manifest:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"no {MANIFEST} in {directory}")
+    manifest = Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    if verify:
+        for name, expected in manifest.files.items():
+            file = Path(directory) / name
+            if not file.is_file():
+                raise ArtifactError(f"{directory}: {name} is listed in the manifest but missing")
+            if sha256_of(file) != expected:
+                raise ArtifactError(f"{directory}: {name} does not match its sha256 in the manifest")
+    return manifest
+
+
+def manifest_sha256(directory: Path) -> str:
+    return sha256_of(Path(directory) / MANIFEST)

@@ -1,0 +1,192 @@
+"""Running one model version's ONNX graphs on a batch: the path the workers, `score` and the
+quality gate all use.
+
+Only onnxruntime, numpy, tokenizers and Pillow: no torch here. Sessions use the CUDA provider
+when it is present (and asked for) and the CPU otherwise; the active provider is reported, so a
+silent fallback to CPU is visible.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from rakuten_stream.artifacts import Manifest, read_manifest
+from rakuten_stream.fusion import (
+    expand_to_classes,
+    fuse_weighted,
+    safe_log,
+    stacker_contributions,
+    stacker_features,
+)
+from rakuten_stream.image_preprocessing import ImagePreprocessing, preprocess
+from rakuten_stream.text_embedding import embed, load_tokenizer
+from rakuten_stream.tfidf_features import TfidfFeaturizer
+
+log = logging.getLogger(__name__)
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def choose_providers(preference: str = "auto") -> list[str]:
+    available = ort.get_available_providers()
+    if preference in ("auto", "cuda") and CUDA in available:
+        return [CUDA, CPU]
+    if preference == "cuda":
+        log.warning("CUDA execution provider requested but not available (%s): using the CPU", available)
+    return [CPU]
+
+
+@dataclass
+class BatchPrediction:
+    """Fused probabilities and what went into them, one row per input."""
+
+    probs: np.ndarray
+    modality_probs: dict[str, np.ndarray]
+    present: dict[str, np.ndarray]
+    contributions: dict[str, np.ndarray]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def top_k(self, row: int, k: int) -> list[tuple[int, float]]:
+        order = np.argsort(-self.probs[row])[:k]
+        return [(int(i), float(self.probs[row, i])) for i in order]
+
+
+class ModelRuntime:
+    """One model version, loaded and verified, ready to predict batches."""
+
+    def __init__(self, artifact_dir: Path, providers: str = "auto", threads: int = 0,
+                 session_cache: dict[str, ort.InferenceSession] | None = None) -> None:
+        self.artifact_dir = Path(artifact_dir)
+        self.manifest: Manifest = read_manifest(self.artifact_dir, verify=True)
+        self._providers = choose_providers(providers)
+        self._threads = threads
+        # sessions keyed by file hash: a retrained head does not reload an unchanged encoder
+        self._sessions = session_cache if session_cache is not None else {}
+        m = self.manifest
+        self.classes = np.asarray(m.classes)
+        if m.tfidf:
+            self.featurizer = TfidfFeaturizer.load(self.artifact_dir / m.tfidf.featurizer)
+            self.tfidf = self._session(m.tfidf.classifier)
+        if m.e5:
+            self.tokenizer = load_tokenizer(self.artifact_dir / m.e5.tokenizer, m.e5.max_length)
+            self.e5_encoder = self._session(m.e5.encoder)
+            self.e5_head = self._session(m.e5.head)
+        if m.image:
+            self.image_params = ImagePreprocessing.from_dict(m.image.preprocessing)
+            self.image_encoder = self._session(m.image.encoder)
+            self.image_head = self._session(m.image.head)
+        if m.fusion.method == "stacking":
+            self.stacker = self._session(m.fusion.stacker)
+            self.stacker_coef = np.load(self.artifact_dir / m.fusion.stacker_coef)
+        self.provider = next(iter(self._sessions.values())).get_providers()[0] if self._sessions else CPU
+        if CUDA in self._providers and self.provider != CUDA:
+            log.warning("asked for CUDA but onnxruntime runs %s on %s", self.version, self.provider)
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def has_image_model(self) -> bool:
+        return self.manifest.image is not None
+
+    def category(self, class_index: int) -> tuple[int, str]:
+        code = int(self.classes[class_index])
+        return code, self.manifest.category_names.get(code, str(code))
+
+    def _session(self, name: str) -> ort.InferenceSession:
+        key = self.manifest.files.get(name, name)
+        if key not in self._sessions:
+            options = ort.SessionOptions()
+            if self._threads:
+                options.intra_op_num_threads = self._threads
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            self._sessions[key] = ort.InferenceSession(str(self.artifact_dir / name), options,
+                                                       providers=self._providers)
+        return self._sessions[key]
+
+    @staticmethod
+    def _probabilities(session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        outputs = session.run(None, inputs)
+        names = [o.name for o in session.get_outputs()]
+        return np.asarray(outputs[names.index("probabilities") if "probabilities" in names else -1],
+                          dtype=np.float64)
+
+    # --- per modality ------------------------------------------------------------------------
+    def predict_tfidf(self, texts: Sequence[str]) -> np.ndarray:
+        features = self.featurizer.transform(texts)
+        probs = self._probabilities(self.tfidf, {self.tfidf.get_inputs()[0].name: features})
+        return expand_to_classes(probs, self.manifest.tfidf.classes, self.manifest.classes)
+
+    def embed_e5(self, texts: Sequence[str]) -> np.ndarray:
+        return embed(self.e5_encoder, self.tokenizer, texts, self.manifest.e5.prefix)
+
+    def predict_e5(self, texts: Sequence[str]) -> np.ndarray:
+        embeddings = self.embed_e5(texts).astype(np.float32)
+        probs = self._probabilities(self.e5_head, {self.e5_head.get_inputs()[0].name: embeddings})
+        return expand_to_classes(probs, self.manifest.e5.classes, self.manifest.classes)
+
+    def image_features(self, images: Sequence[Image.Image]) -> np.ndarray:
+        pixels = preprocess(images, self.image_params)
+        return self.image_encoder.run(None, {"pixels": pixels})[0]
+
+    def predict_image(self, images: Sequence[Image.Image]) -> np.ndarray:
+        features = self.image_features(images).astype(np.float32)
+        probs = self._probabilities(self.image_head, {self.image_head.get_inputs()[0].name: features})
+        return expand_to_classes(probs, self.manifest.image.classes, self.manifest.classes)
+
+    # --- the whole model ---------------------------------------------------------------------
+    def predict(self, texts: Sequence[str], images: Sequence[Image.Image | None] | None = None,
+                image_batch_size: int = 32) -> BatchPrediction:
+        """Fused prediction for ``texts[i]`` with optional ``images[i]`` (None: no photo)."""
+        n = len(texts)
+        images = list(images) if images is not None else [None] * n
+        modality_probs: dict[str, np.ndarray] = {}
+        present: dict[str, np.ndarray] = {}
+        seconds: dict[str, float] = {}
+        n_classes = len(self.classes)
+        if self.manifest.tfidf:
+            start = time.perf_counter()
+            modality_probs["tfidf"] = self.predict_tfidf(texts)
+            present["tfidf"] = np.ones(n, dtype=bool)
+            seconds["tfidf"] = time.perf_counter() - start
+        if self.manifest.e5:
+            start = time.perf_counter()
+            modality_probs["e5"] = self.predict_e5(texts)
+            present["e5"] = np.ones(n, dtype=bool)
+            seconds["e5"] = time.perf_counter() - start
+        if self.manifest.image:
+            start = time.perf_counter()
+            has = np.asarray([img is not None for img in images], dtype=bool)
+            probs = np.full((n, n_classes), 1.0 / n_classes)
+            rows = np.flatnonzero(has)
+            for chunk in range(0, len(rows), image_batch_size):
+                part = rows[chunk : chunk + image_batch_size]
+                probs[part] = self.predict_image([images[i] for i in part])
+            modality_probs["image"], present["image"] = probs, has
+            seconds["image"] = time.perf_counter() - start
+        start = time.perf_counter()
+        fused, contributions = self.fuse(modality_probs, present)
+        seconds["fusion"] = time.perf_counter() - start
+        return BatchPrediction(fused, modality_probs, present, contributions, seconds)
+
+    def fuse(self, modality_probs: dict[str, np.ndarray], present: dict[str, np.ndarray]
+             ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        spec = self.manifest.fusion
+        log_probs = {m: safe_log(p) for m, p in modality_probs.items()}
+        if spec.method == "weighted":
+            return fuse_weighted(log_probs, present, spec.weights)
+        features = stacker_features(log_probs, present, spec.modalities)
+        probs = self._probabilities(self.stacker, {self.stacker.get_inputs()[0].name: features})
+        probs = expand_to_classes(probs, self.manifest.classes, self.manifest.classes)
+        contributions = stacker_contributions(features.astype(np.float64), self.stacker_coef, spec.modalities,
+                                              len(self.classes), probs.argmax(axis=1))
+        return probs, contributions

