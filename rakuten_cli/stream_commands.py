@@ -1,0 +1,319 @@
+"""`publish`, `results`, `lag`: putting listings on the stream, reading what comes out, watching the gap.
+
+Exit codes: 0 done; 1 some listings failed (`publish`) or a partition's lag is over `--max-lag`
+(`lag`); 2 bad input or nothing to measure (missing file or column, unknown topic, Kafka down).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+from confluent_kafka import KafkaException
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from producers.json_lines import read_json_lines
+from producers.publisher import Publisher, PublishProgress, PublishSummary
+from rakuten_cli.context import console, settings_of
+from rakuten_stream.datasets import DatasetError, load_categories, load_dataset
+from rakuten_stream.lag import LagError, LagProbe, PartitionLag
+from rakuten_stream.metrics import ServiceMetrics
+from rakuten_stream.results import PredictionStream
+from schemas import Prediction
+
+out = Console(highlight=False, soft_wrap=True)  # data goes to stdout, messages and progress to stderr
+
+
+class ImageMode(StrEnum):
+    inline = "inline"
+    uri = "uri"
+    none = "none"
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    jsonl = "jsonl"
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (``docker stop``, ``kill``) ends a command like Ctrl-C: consumers commit and close, producers flush."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _kafka_problem(settings_bootstrap: str, exc: KafkaException) -> str:
+    error = exc.args[0] if exc.args else exc
+    detail = error.str() if hasattr(error, "str") else str(error)
+    return f"Kafka at {settings_bootstrap}: {detail} (is it running? `rakuten-stream doctor` checks)"
+
+
+# -- publish ----------------------------------------------------------------------------------------
+def publish(
+    ctx: typer.Context,
+    data: str = typer.Option(..., "--data", "-d", help="a data folder (challenge or flat layout), a .csv or .jsonl "
+                                                       "file, or - for JSON lines on stdin"),
+    images: ImageMode = typer.Option(ImageMode.inline, "--images",
+                                     help="inline: the image bytes in the message; uri: a file:// URI the workers "
+                                          "read; none: text only"),
+    limit: int = typer.Option(None, "--limit", min=0, help="publish at most N listings"),
+    rate: float = typer.Option(None, "--rate", min=0.01, help="at most N messages per second (default: unpaced)"),
+) -> None:
+    """Publish product listings to the products topic, keyed by productid."""
+    settings = settings_of(ctx)
+    if data == "-":
+        records, total, origin = read_json_lines(sys.stdin), limit, "stdin"
+    else:
+        try:
+            dataset = load_dataset(Path(data), limit=limit)
+        except DatasetError as exc:
+            _fail(str(exc))
+        records, total = dataset.records, len(dataset.records)
+        origin = f"{dataset.path} ({dataset.layout} layout, {dataset.with_images} with images)"
+    console.print(f"publishing to [bold]{settings.topic_products}[/] at {settings.kafka_bootstrap_servers} "
+                  f"from {origin}, images {images.value}" + (f", {rate:g} msg/s" if rate else ""), highlight=False,
+                  soft_wrap=True)
+
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[delivered]} acked"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("publishing", total=total, delivered=0)
+        last_update = 0.0
+
+        def on_progress(p: PublishProgress) -> None:
+            nonlocal last_update
+            now = time.monotonic()
+            if now - last_update >= 0.1 or p.queued == p.total:
+                last_update = now
+                bar.update(task, completed=p.queued, delivered=p.delivered)
+
+        publisher = None
+        try:
+            with _sigterm_interrupts(), Publisher(settings, images=images.value) as publisher:
+                summary = publisher.publish(records, limit=limit, rate=rate, progress=on_progress)
+            bar.update(task, completed=summary.sent + summary.failed, delivered=summary.sent)
+        except (DatasetError, KeyboardInterrupt) as exc:
+            # a malformed line on stdin, or Ctrl-C: what was queued before it has been flushed
+            partial = publisher.last_summary if publisher is not None else None
+            if partial is not None:
+                _print_summary(partial)
+            if isinstance(exc, KeyboardInterrupt):
+                _fail("interrupted", 130)
+            _fail(str(exc))
+        except KafkaException as exc:
+            _fail(_kafka_problem(settings.kafka_bootstrap_servers, exc))
+    _print_summary(summary)
+    raise typer.Exit(1 if summary.failed else 0)
+
+
+def _print_summary(summary: PublishSummary) -> None:
+    colour = "green" if not summary.failed else "yellow"
+    console.print(
+        f"[{colour}]sent {summary.sent}[/], failed {summary.failed}, {summary.bytes / 1e6:.2f} MB in "
+        f"{summary.seconds:.2f}s: {summary.messages_per_second:,.0f} msg/s, "
+        f"{summary.megabytes_per_second:.2f} MB/s", highlight=False, soft_wrap=True)
+    for error in summary.errors[:10]:
+        console.print(f"  [yellow]-[/] {error}", highlight=False, soft_wrap=True)
+
+
+# -- results ----------------------------------------------------------------------------------------
+ROW = "{:>12}  {:>6}  {:<42}  {:>5}  {:<16}  {:<18}  {}"
+
+
+def results(
+    ctx: typer.Context,
+    from_beginning: bool = typer.Option(False, "--from-beginning",
+                                        help="a group without committed offsets starts at the earliest prediction "
+                                             "(default: only new ones)"),
+    follow: bool = typer.Option(True, "--follow/--no-follow", help="keep waiting for new predictions, or stop at "
+                                                                   "the end of the topic"),
+    output: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table for people, jsonl for programs"),
+    limit: int = typer.Option(None, "--limit", min=1, help="stop after N predictions"),
+    group: str = typer.Option(None, "--group", help="consumer group; its offsets are committed, so the next run "
+                                                    "resumes (default: a throwaway group that commits nothing)"),
+) -> None:
+    """Print the predictions written by the workers, with category names."""
+    settings = settings_of(ctx)
+    categories = load_categories(settings.data_dir)
+    group_id = group or f"rakuten-results-{uuid.uuid4().hex[:12]}"
+    shown = 0
+    try:
+        with _sigterm_interrupts(), PredictionStream(settings, group_id, from_beginning=from_beginning,
+                                                     follow=follow, commit=group is not None) as stream:
+            if output is OutputFormat.table:
+                out.print(ROW.format("productid", "code", "category", "conf", "model", "modalities", "predicted at"))
+            for prediction in stream:
+                _print_prediction(prediction, categories, output)
+                shown += 1
+                if limit is not None and shown >= limit:
+                    stream.ack()  # printed: handled
+                    break
+            skipped = stream.skipped
+    except KeyboardInterrupt:
+        skipped = 0
+    except KafkaException as exc:
+        _fail(_kafka_problem(settings.kafka_bootstrap_servers, exc))
+    note = f", {skipped} invalid message(s) skipped" if skipped else ""
+    console.print(f"{shown} prediction(s) from {settings.topic_predictions}{note}", highlight=False, soft_wrap=True)
+
+
+def _print_prediction(prediction: Prediction, categories: dict[int, str], output: OutputFormat) -> None:
+    name = categories.get(prediction.prdtypecode, prediction.category)
+    if output is OutputFormat.jsonl:
+        print(prediction.model_copy(update={"category": name}).model_dump_json(exclude_none=True), flush=True)
+        return
+    out.print(ROW.format(prediction.productid, prediction.prdtypecode, name[:42], f"{prediction.confidence:.2f}",
+                         prediction.model_version[:16], ",".join(prediction.modalities)[:18],
+                         prediction.predicted_at.isoformat(timespec="seconds")))
+
+
+# -- lag ----------------------------------------------------------------------------------------------
+def lag(
+    ctx: typer.Context,
+    group: str = typer.Option(None, "--group", help="consumer group (default: the workers' group)"),
+    topic: str = typer.Option(None, "--topic", help="topic (default: the products topic)"),
+    watch: float = typer.Option(None, "--watch", min=0.1, help="measure again every SECONDS until Ctrl-C"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per measurement on stdout"),
+    max_lag: int = typer.Option(None, "--max-lag", min=0, help="exit 1 when a partition's lag exceeds N"),
+    metrics_port: int = typer.Option(None, "--metrics-port", min=1,
+                                     help="with --watch: serve the rakuten_consumer_lag gauge on this port"),
+    groups: bool = typer.Option(False, "--list-groups", help="list the consumer groups and exit"),
+) -> None:
+    """Consumer lag per partition (committed offset, high watermark, lag, time behind)."""
+    settings = settings_of(ctx)
+    group_id = group or settings.worker_group_id
+    topic_name = topic or settings.topic_products
+    if metrics_port is not None and watch is None:
+        _fail("--metrics-port needs --watch (the gauge must be refreshed)")
+    metrics = ServiceMetrics() if metrics_port is not None else None
+    code = 0
+    try:
+        with _sigterm_interrupts(), LagProbe(settings) as probe:
+            if groups:
+                _print_groups(probe, as_json)
+                raise typer.Exit(0)
+            if metrics is not None:
+                metrics.serve(metrics_port)
+            # redraw in place on a terminal; print one table per measurement into pipes and logs
+            live = Live(console=out, auto_refresh=False) if watch and not as_json and out.is_terminal else None
+            if live is not None:
+                live.start()
+            try:
+                while True:
+                    try:
+                        lags = probe.consumer_lag(group_id, topic_name)
+                    except (LagError, KafkaException) as exc:
+                        if watch is None:
+                            raise
+                        # watching (an exporter): say so and measure again, the topic may come back
+                        code = 2
+                        console.print(f"[yellow]cannot measure:[/] {exc}", highlight=False, soft_wrap=True)
+                        time.sleep(watch)
+                        continue
+                    code = 1 if max_lag is not None and any(p.lag > max_lag for p in lags) else 0
+                    if metrics is not None:
+                        for p in lags:
+                            metrics.consumer_lag.labels(group=group_id, topic=topic_name,
+                                                        partition=str(p.partition)).set(p.lag)
+                    if as_json:
+                        print(json.dumps(_lag_document(group_id, topic_name, lags, max_lag)), flush=True)
+                    elif live is not None:
+                        live.update(_lag_table(group_id, topic_name, lags, max_lag), refresh=True)
+                    else:
+                        out.print(_lag_table(group_id, topic_name, lags, max_lag))
+                    if watch is None:
+                        break
+                    time.sleep(watch)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                if live is not None:
+                    live.stop()
+    except LagError as exc:
+        _fail(str(exc))
+    except KafkaException as exc:
+        _fail(_kafka_problem(settings.kafka_bootstrap_servers, exc))
+    if code and not as_json:
+        console.print(f"[red]lag over {max_lag}[/] on at least one partition", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _print_groups(probe: LagProbe, as_json: bool) -> None:
+    found = probe.list_groups()
+    if as_json:
+        print(json.dumps([{"group": g.group_id, "state": g.state, "simple": g.simple} for g in found]))
+        return
+    table = Table("group", "state", title="consumer groups")
+    for g in found:
+        table.add_row(g.group_id, g.state)
+    out.print(table)
+
+
+def _lag_document(group: str, topic: str, lags: list[PartitionLag], max_lag: int | None) -> dict[str, object]:
+    return {
+        "group": group, "topic": topic, "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "total_lag": sum(p.lag for p in lags), "max_lag": max_lag,
+        "exceeded": max_lag is not None and any(p.lag > max_lag for p in lags),
+        "partitions": [p.as_dict() for p in lags],
+    }
+
+
+def _lag_table(group: str, topic: str, lags: list[PartitionLag], max_lag: int | None) -> Table:
+    table = Table(title=f"lag of {group} on {topic}", caption=datetime.now().strftime("%H:%M:%S"))
+    for header in ("partition", "committed", "high watermark", "lag", "behind"):
+        table.add_column(header, justify="right")
+    for p in lags:
+        over = max_lag is not None and p.lag > max_lag
+        table.add_row(str(p.partition), "-" if p.committed is None else str(p.committed), str(p.high_watermark),
+                      f"[red]{p.lag}[/]" if over else str(p.lag), format_duration(p.seconds_behind))
+    oldest = max((p.seconds_behind for p in lags if p.seconds_behind is not None), default=None)
+    table.add_section()
+    table.add_row("total", "", str(sum(p.high_watermark for p in lags)), str(sum(p.lag for p in lags)),
+                  format_duration(oldest))
+    return table
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    seconds = int(seconds)
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d {hours:02d}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
