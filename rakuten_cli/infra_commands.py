@@ -28,17 +28,12 @@ def broker(
     console.print(f"[green]Kafka ready[/] at [bold]{embedded.bootstrap_servers}[/] "
                   f"(data in {embedded.data_dir}); Ctrl-C stops it")
 
-    def _stop(signum, _frame):
-        embedded.stop()
-        raise typer.Exit(0)
-
-    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGTERM, lambda *_: embedded.terminate())
     try:
-        code = embedded.wait()
+        embedded.wait()
     except KeyboardInterrupt:
         embedded.stop()
-        code = 0
-    raise typer.Exit(code)
+    console.print("broker stopped (data saved)")
 
 
 def init_db(ctx: typer.Context) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from rakuten_cli import infra_commands
+from rakuten_cli import infra_commands, model_commands, worker_commands
 from rakuten_cli.context import configure_logging
 from rakuten_stream.settings import Settings
 
@@ -35,8 +35,18 @@ app.command("init-db")(infra_commands.init_db)
 app.command("doctor")(infra_commands.doctor)
 app.command("config")(infra_commands.show_config)
 # -- publish / results / lag (producers and downstream consumers) --
+from rakuten_cli import stream_commands  # noqa: E402
+
+app.command("publish")(stream_commands.publish)
+app.command("results")(stream_commands.results)
+app.command("lag")(stream_commands.lag)
 # -- training and the model registry --
+app.command("load-data")(model_commands.load_data)
+app.command("train")(model_commands.train)
+app.command("score")(model_commands.score)
+app.add_typer(model_commands.models_app, name="models")
 # -- the stream worker, replay and the demo --
+app.command("worker")(worker_commands.worker)
 
 if __name__ == "__main__":
     app()

@@ -104,6 +104,11 @@ class EmbeddedBroker:
             process.kill()
             process.wait()
 
+    def terminate(self) -> None:
+        """Ask the broker to exit (safe from a signal handler: sends SIGTERM, does not wait)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+
     def wait(self) -> int:
         """Block until the broker process exits (the `broker` CLI command)."""
         assert self._process is not None

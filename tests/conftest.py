@@ -101,3 +101,44 @@ def data_dir() -> Path:
     if not (DATA_DIR / "products.csv").is_file():
         pytest.skip(f"Rakuten sample not found at {DATA_DIR} (set RAKUTEN_DATA_DIR)")
     return DATA_DIR
+
+
+# --- models -------------------------------------------------------------------------------------
+def stratified_subset(data_dir: Path, out: Path, per_class: int, prefer_images: bool = True) -> Path:
+    """A small flat-layout copy of the real sample: ``per_class`` rows of every class."""
+    import csv
+
+    from rakuten_stream.datasets import load_dataset
+
+    records = load_dataset(data_dir).records
+    by_class: dict[int, list] = {}
+    for r in sorted(records, key=lambda r: (r.image_path is None) if prefer_images else 0):
+        by_class.setdefault(r.prdtypecode, []).append(r)
+    chosen = [r for rows in by_class.values() for r in rows[:per_class]]
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "products.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["productid", "imageid", "designation", "description", "prdtypecode"])
+        for r in chosen:
+            writer.writerow([r.productid, r.imageid or "", r.designation, r.description or "", r.prdtypecode])
+    (out / "images").mkdir(exist_ok=True)
+    for r in chosen:
+        if r.image_path is not None:
+            (out / "images" / r.image_path.name).symlink_to(r.image_path)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_data(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return stratified_subset(data_dir, tmp_path_factory.mktemp("tiny-data"), per_class=10)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real model version (TF-IDF + image + fusion, no e5 to stay quick) trained on 270 real rows."""
+    from training.pipeline import TrainConfig, train
+
+    result = train(TrainConfig(data=tiny_data, model_dir=tmp_path_factory.mktemp("models"), use_e5=False))
+    return result.artifact_dir
+
+

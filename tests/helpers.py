@@ -1,0 +1,99 @@
+"""Small test helpers: reading a whole topic, registering a model, building listings."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka import TopicPartition
+
+from rakuten_stream import registry
+from rakuten_stream.artifacts import read_manifest, write_manifest
+from rakuten_stream.database import make_engine, upgrade
+from rakuten_stream.kafka import make_consumer
+from rakuten_stream.settings import Settings
+
+
+def read_topic(settings: Settings, topic: str, expected: int | None = None, timeout_s: float = 60.0,
+               idle_s: float = 2.0) -> list:
+    """Every message of ``topic`` from the beginning: until ``expected`` arrived (then ``idle_s`` more
+    to catch extras), or the timeout."""
+    consumer = make_consumer(settings, group_id=f"reader-{uuid.uuid4().hex[:8]}")
+    metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+    consumer.assign([TopicPartition(topic, p, 0) for p in metadata.partitions])
+    messages, deadline, last_new = [], time.monotonic() + timeout_s, time.monotonic()
+    while time.monotonic() < deadline:
+        batch = [m for m in consumer.consume(500, timeout=0.2) if not m.error()]
+        if batch:
+            messages.extend(batch)
+            last_new = time.monotonic()
+        elif expected is not None and len(messages) >= expected and time.monotonic() - last_new > idle_s:
+            break
+        elif expected is None and time.monotonic() - last_new > idle_s:
+            break
+    consumer.close()
+    return messages
+
+
+def wait_until(condition, timeout_s: float = 60.0, every_s: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(every_s)
+    return condition()
+
+
+def register_production(settings: Settings, artifact_dir: Path) -> str:
+    url = settings.database_url.get_secret_value()
+    upgrade(url)
+    engine = make_engine(url)
+    manifest = read_manifest(artifact_dir)
+    registry.register(engine, manifest, artifact_dir, None)
+    registry.promote(engine, manifest.version)
+    engine.dispose()
+    return manifest.version
+
+
+def copy_as_new_version(artifact_dir: Path, target_root: Path, version: str) -> Path:
+    """The same graphs under another version id (a stand-in for a retrained model)."""
+    target = target_root / version
+    shutil.copytree(artifact_dir, target)
+    manifest = read_manifest(target).model_copy(update={"version": version})
+    write_manifest(target, manifest)
+    return target
+
+
+def listing_json(productid: int, title: str, description: str | None = None, image: bytes | None = None,
+                 image_uri: str | None = None, **extra) -> bytes:
+    import json
+
+    body: dict = {"schema_version": "1.0", "productid": productid, "designation": title} | extra
+    if description:
+        body["description"] = description
+    if image is not None:
+        body["image"] = {"data": base64.b64encode(image).decode()}
+    if image_uri is not None:
+        body["image"] = {"uri": image_uri}
+    return json.dumps(body).encode()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The RAKUTEN_* environment that reproduces ``settings`` in a subprocess."""
+    import json
+
+    from pydantic import SecretStr
+
+    env = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, dict):
+            value = json.dumps(value)
+        env[f"RAKUTEN_{name.upper()}"] = str(value)
+    return env
