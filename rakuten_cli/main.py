@@ -47,6 +47,7 @@ app.command("score")(model_commands.score)
 app.add_typer(model_commands.models_app, name="models")
 # -- the stream worker, replay and the demo --
 app.command("worker")(worker_commands.worker)
+app.command("replay")(worker_commands.replay)
 
 if __name__ == "__main__":
     app()

@@ -91,8 +91,8 @@ def run_training(settings: Settings, data: Path, out: Path | None = None, limit:
     decision: dict = {}
     if promote:
         decision = decide(engine, result.version, m["weighted_f1"], result.test_records)
-        console.print(f"quality gate: {'[green]promoted[/]' if decision['promoted'] else '[yellow]kept as candidate[/]'}"
-                      f" ({decision['reason']})")
+        verdict = "[green]promoted[/]" if decision["promoted"] else "[yellow]kept as candidate[/]"
+        console.print(f"quality gate: {verdict} ({decision['reason']})")
         if decision["promoted"]:
             _announce(settings, engine, result.version)
     return {"version": result.version, "metrics": m, "report": str(result.report), "decision": decision,

@@ -36,3 +36,44 @@ def worker(
         raise typer.Exit(2) from None
     console.print(f"worker stopped: {stats.consumed} consumed, {stats.predicted} predicted, "
                   f"{stats.dead_lettered} dead-lettered, {stats.cache_hits} from cache, models {stats.model_versions}")
+
+
+def replay(
+    ctx: typer.Context,
+    from_: str = typer.Option(..., "--from", help="offset, ISO time (2026-11-23T10:00Z), time:EPOCH_MS, beginning"),
+    to: str = typer.Option("end", "--to", help="same forms; exclusive; default: the end of the topic now"),
+    partitions: str = typer.Option(None, help="comma-separated partitions (default: all)"),
+    model_version: str = typer.Option(None, "--model-version", help="registered version (default: production)"),
+) -> None:
+    """Reprocess a range of the products topic (backfill); resumable: rerun the same command to continue."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from stream_workers.replay import Replayer, ReplayError, plan_replay
+
+    settings = settings_of(ctx)
+    upgrade(settings.database_url.get_secret_value())
+    chosen = [int(p) for p in partitions.split(",")] if partitions else None
+    try:
+        plan = plan_replay(settings, from_, to, chosen, model_version)
+    except ReplayError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    replayer = Replayer(settings, plan, model_version)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: replayer.stop())
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[remaining]} remaining"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(f"replay {plan.start} -> {plan.end}", total=plan.total, remaining=plan.total)
+
+        def show(stats) -> None:
+            progress.update(task, completed=plan.total - stats.remaining, remaining=stats.remaining)
+
+        try:
+            stats = replayer.run(show)
+        except NoModelError as exc:
+            console.print(f"[red]{exc}[/]")
+            raise typer.Exit(2) from None
+    state = "done" if stats.remaining == 0 else f"interrupted, {stats.remaining} left (run again to resume)"
+    console.print(f"replay with {stats.model_version}: {stats.processed} messages, {stats.predicted} predictions, "
+                  f"{stats.dead_lettered} dead letters; {state} (group {plan.group_id})")

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 from sqlalchemy import Engine
 
 from rakuten_stream.cache import PredictionCache
@@ -29,9 +29,10 @@ from rakuten_stream.database import make_engine
 from rakuten_stream.kafka import ensure_topics, make_consumer, make_producer
 from rakuten_stream.metrics import ServiceMetrics
 from rakuten_stream.settings import Settings
+from stream_workers.batch_cycle import run_batch
 from stream_workers.model_watcher import ModelWatcher
 from stream_workers.processor import BatchOutcome, BatchProcessor
-from stream_workers.sinks import ResultWriter, SinkError
+from stream_workers.sinks import ResultWriter
 
 log = logging.getLogger(__name__)
 
@@ -125,27 +126,11 @@ class Worker:
         started = time.perf_counter()
         self.metrics.batch_size.observe(len(messages))
         self.metrics.messages_in.labels(topic=self.settings.topic_products).inc(len(messages))
-        try:
-            outcome = processor.process(messages)
-            write_start = time.perf_counter()
-            writer.write(outcome)
-            self.metrics.stage_seconds.labels("write").observe(time.perf_counter() - write_start)
-        except SinkError as exc:
-            # not stored: rewind so the next poll redelivers the batch (polling goes on, so a long
-            # outage never exceeds max.poll.interval.ms), pause, and do not commit
+        outcome = run_batch(messages, consumer, processor, writer, self.metrics)
+        if outcome is None:
             self.stats.retries += 1
-            log.error("batch not stored, retrying in %.0fs: %s", self.retry_pause_s, exc)
-            self._rewind(consumer, messages)
             self._stop.wait(self.retry_pause_s)
             return
-        commit_start = time.perf_counter()
-        try:
-            consumer.commit(offsets=self._next_offsets(messages), asynchronous=False)
-        except KafkaException as exc:
-            # lost the partitions in a rebalance: the new owner gets the batch again and the
-            # idempotent upsert absorbs it (the predictions topic may see it twice: at-least-once)
-            log.warning("offsets of a stored batch not committed (%s): it will be redelivered", exc)
-        self.metrics.stage_seconds.labels("commit").observe(time.perf_counter() - commit_start)
         self._record(outcome, time.perf_counter() - started)
 
     def _record(self, outcome: BatchOutcome, seconds: float) -> None:
@@ -163,26 +148,6 @@ class Worker:
         self.metrics.stage_seconds.labels("batch").observe(seconds)
         if self.on_batch is not None:
             self.on_batch(outcome)
-
-    @staticmethod
-    def _next_offsets(messages: list) -> list[TopicPartition]:
-        last: dict[tuple[str, int], int] = {}
-        for m in messages:
-            key = (m.topic(), m.partition())
-            last[key] = max(last.get(key, -1), m.offset())
-        return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
-
-    @staticmethod
-    def _rewind(consumer, messages: list) -> None:
-        first: dict[tuple[str, int], int] = {}
-        for m in messages:
-            key = (m.topic(), m.partition())
-            first[key] = min(first.get(key, m.offset()), m.offset())
-        for (topic, partition), offset in first.items():
-            try:
-                consumer.seek(TopicPartition(topic, partition, offset))
-            except Exception as exc:  # partition revoked meanwhile: its new owner starts at the commit
-                log.info("not rewinding %s[%d]: %s", topic, partition, exc)
 
     # --- housekeeping --------------------------------------------------------------------------
     def _activate(self, runtime) -> None:

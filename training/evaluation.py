@@ -107,7 +107,8 @@ def write_report(path: Path, version: str, metrics: dict, extra: Mapping[str, ob
         f"| accuracy | {metrics['accuracy']} |",
         f"| log-loss | {metrics['log_loss']} |",
         f"| expected calibration error | {metrics['ece']} |", "",
-        "## Per modality (weighted F1)", "", "| modality | all rows it applies to | rows with an image |", "|---|---|---|",
+        "## Per modality (weighted F1)", "",
+        "| modality | all rows it applies to | rows with an image |", "|---|---|---|",
     ]
     for name, value in metrics["per_modality_f1"].items():
         lines.append(f"| {name} | {value} | {metrics['with_image'].get(name, '-')} |")

@@ -337,8 +337,8 @@ def _int8_cost(out: Path, runtime: ModelRuntime, split: _Split) -> dict:
             for k, v in (("fp32", fp32), ("int8", int8))}
     cosine = float(np.mean(np.sum(fp32 * int8, axis=1)))
     (out / "e5_encoder_fp32.onnx").unlink()  # served int8; fp32 is not kept in the version
-    return {"weighted_f1_fp32": weighted_f1(split.y, pred["fp32"]), "weighted_f1_int8": weighted_f1(split.y, pred["int8"]),
-            "mean_cosine": round(cosine, 5)}
+    return {"weighted_f1_fp32": weighted_f1(split.y, pred["fp32"]),
+            "weighted_f1_int8": weighted_f1(split.y, pred["int8"]), "mean_cosine": round(cosine, 5)}
 
 
 def _jsonable(value):
