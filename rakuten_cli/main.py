@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from rakuten_cli import infra_commands, model_commands, worker_commands
+from rakuten_cli import demo, infra_commands, model_commands, worker_commands
 from rakuten_cli.context import configure_logging
 from rakuten_stream.settings import Settings
 
@@ -48,6 +48,7 @@ app.add_typer(model_commands.models_app, name="models")
 # -- the stream worker, replay and the demo --
 app.command("worker")(worker_commands.worker)
 app.command("replay")(worker_commands.replay)
+app.command("demo")(demo.demo)
 
 if __name__ == "__main__":
     app()
