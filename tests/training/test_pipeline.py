@@ -1,0 +1,107 @@
+"""The training pipeline on a small real subset: artifacts, report, runtime behaviour, registry."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from rakuten_cli.main import app
+from rakuten_stream import registry
+from rakuten_stream.artifacts import ArtifactError, read_manifest, sha256_of
+from rakuten_stream.database import make_engine, upgrade
+from rakuten_stream.datasets import load_dataset
+from rakuten_stream.model_runtime import ModelRuntime
+from tests.helpers import copy_as_new_version
+from training.quality_gate import decide
+
+
+def test_a_version_holds_onnx_graphs_a_manifest_with_hashes_a_report_and_plots(tiny_model):
+    manifest = read_manifest(tiny_model)
+    assert manifest.modalities == ["tfidf", "image"]
+    assert len(manifest.classes) == 27
+    for name, digest in manifest.files.items():
+        assert sha256_of(tiny_model / name) == digest
+    assert {"confusion_matrix.png", "reliability.png", "report.md"} <= set(manifest.files)
+    report = (tiny_model / "report.md").read_text()
+    assert "weighted F1" in report and "Per class" in report
+    assert Image.open(tiny_model / "confusion_matrix.png").size[0] > 500
+    metrics = manifest.metrics
+    assert 0 < metrics["weighted_f1"] <= 1
+    assert set(metrics["per_modality_f1"]) == {"tfidf", "image"}
+    assert metrics["fusion"]["method"] in ("weighted", "stacking")
+
+
+def test_a_tampered_artifact_is_refused(tiny_model, tmp_path):
+    copy = copy_as_new_version(tiny_model, tmp_path, "tampered")
+    with open(copy / "image_head.onnx", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(ArtifactError, match="sha256"):
+        ModelRuntime(copy)
+
+
+def test_the_runtime_handles_a_missing_image_and_reports_contributions(tiny_model, tiny_data):
+    runtime = ModelRuntime(tiny_model)
+    record = next(r for r in load_dataset(tiny_data).records if r.image_path is not None)
+    photo = Image.open(record.image_path).convert("RGB")
+    batch = runtime.predict([record.designation, record.designation], [photo, None])
+    np.testing.assert_allclose(batch.probs.sum(axis=1), 1, atol=1e-6)
+    assert batch.present["image"].tolist() == [True, False]
+    assert batch.contributions["image"][1] == 0  # no image, no say
+    for row in range(2):
+        assert sum(c[row] for c in batch.contributions.values()) == pytest.approx(1, abs=1e-6)
+    text_only = runtime.predict([record.designation])
+    np.testing.assert_allclose(text_only.probs[0], batch.probs[1], atol=1e-6)
+
+
+def test_the_quality_gate_promotes_only_a_better_candidate(tiny_model, tmp_path, sqlite_url, tiny_data):
+    upgrade(sqlite_url)
+    engine = make_engine(sqlite_url)
+    registry.register(engine, read_manifest(tiny_model), tiny_model, None)
+    registry.promote(engine, read_manifest(tiny_model).version)
+    records = load_dataset(tiny_data).records[:60]
+
+    worse = copy_as_new_version(tiny_model, tmp_path, "candidate-worse")
+    registry.register(engine, read_manifest(worse), worse, None)
+    decision = decide(engine, "candidate-worse", candidate_f1=0.0, records=records)
+    assert decision["promoted"] is False and decision["production_weighted_f1"] > 0
+    assert registry.get_version(engine, "candidate-worse").gate_decision["promoted"] is False
+
+    better = copy_as_new_version(tiny_model, tmp_path, "candidate-better")
+    registry.register(engine, read_manifest(better), better, None)
+    assert decide(engine, "candidate-better", candidate_f1=1.01, records=records)["promoted"] is True
+    assert registry.production(engine).version == "candidate-better"
+    assert registry.get_version(engine, read_manifest(tiny_model).version).stage == "archived"
+
+
+def test_load_data_is_idempotent_and_records_a_snapshot(tiny_data, sqlite_url):
+    runner = CliRunner()
+    first = runner.invoke(app, ["--database-url", sqlite_url, "load-data", "--data", str(tiny_data)])
+    second = runner.invoke(app, ["--database-url", sqlite_url, "load-data", "--data", str(tiny_data)])
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    assert "already loaded, nothing changed" in second.output
+    from sqlalchemy import text
+
+    with make_engine(sqlite_url).connect() as connection:
+        assert connection.execute(text("select count(*) from products")).scalar() == 270
+        assert connection.execute(text("select count(*) from dataset_snapshots")).scalar() == 1
+
+
+def test_score_writes_one_prediction_per_row_through_the_onnx_path(tiny_model, tiny_data, sqlite_url, tmp_path):
+    upgrade(sqlite_url)
+    engine = make_engine(sqlite_url)
+    registry.register(engine, read_manifest(tiny_model), tiny_model, None)
+    registry.promote(engine, read_manifest(tiny_model).version)
+    out = tmp_path / "predictions.csv"
+    result = CliRunner().invoke(app, ["--database-url", sqlite_url, "score", "--data", str(tiny_data),
+                                      "--out", str(out), "--limit", "50"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out, encoding="utf-8")))
+    assert len(rows) == 50
+    assert set(rows[0]) == {"productid", "prdtypecode", "category", "confidence", "p_tfidf", "p_image"}
+    assert all(0 < float(r["confidence"]) <= 1 for r in rows)
+    assert json.dumps(rows[0])  # plain strings all the way
