@@ -212,3 +212,27 @@ def test_the_database_schema_rejects_a_second_row_for_the_same_product_and_versi
     engine.dispose()
     assert count >= 0  # table exists; uniqueness is declared in the model (uq_predictions_product_version)
     assert any(c.name == "uq_predictions_product_version" for c in PredictionRow.__table__.constraints)
+
+
+def test_with_redis_down_the_worker_carries_on_without_the_cache(worker_settings, tiny_data):
+    from rakuten_stream.embedded_broker import free_port
+
+    valid = real_listings(tiny_data, 10)
+    publish(worker_settings, valid)
+    no_redis = worker_settings.with_overrides(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    with RunningWorker(no_redis) as worker:
+        assert wait_until(lambda: worker.stats.consumed >= 10, 90)
+    assert len(prediction_rows(worker_settings)) == 10
+    assert worker.metrics.cache_available._value.get() == 0
+
+
+def test_the_worker_exports_its_model_version_and_execution_provider(worker_settings, tiny_data):
+    from prometheus_client import generate_latest
+
+    publish(worker_settings, real_listings(tiny_data, 5))
+    with RunningWorker(worker_settings) as worker:
+        assert wait_until(lambda: worker.stats.consumed >= 5, 90)
+    exposition = generate_latest(worker.metrics.registry).decode()
+    assert 'rakuten_execution_provider_info{provider="CPUExecutionProvider"} 1.0' in exposition
+    assert f'rakuten_model_version_info{{version="{worker.stats.model_versions[-1]}"}} 1.0' in exposition
+    assert "rakuten_end_to_end_latency_seconds_count 5.0" in exposition
