@@ -1,6 +1,7 @@
-"""One checkpointed cycle: process a batch, store it in both sinks, then commit its offsets.
+"""Checkpointed cycles: process a batch, store it in both sinks, then commit its offsets.
 
-Shared by the worker and by replay, so both follow the same order: Kafka acknowledged ->
+``run_batch`` (replay) does it in sequence; ``PipelinedCycle`` (the worker) overlaps a batch's
+writes with the next batch's inference. Both follow the same order: Kafka acknowledged ->
 database upserted -> offsets committed. A sink failure rewinds the batch's partitions (the
 next poll redelivers it) and commits nothing; a commit refused after a rebalance leaves the
 batch to the partition's new owner, where the idempotent upsert absorbs it.
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from confluent_kafka import KafkaException, TopicPartition
 
@@ -59,3 +62,66 @@ def run_batch(messages: list, consumer, processor: BatchProcessor, writer: Resul
         log.warning("offsets of a stored batch not committed (%s): it will be redelivered", exc)
     metrics.stage_seconds.labels("commit").observe(time.perf_counter() - start)
     return outcome
+
+
+class PipelinedCycle:
+    """The worker's cycle: infer batch k+1 while batch k is being written, commit k once stored.
+
+    onnxruntime and the sinks' network I/O release the GIL, so the writes of one batch hide
+    behind the inference of the next. The order stays the checkpoint order: a batch's offsets
+    are committed only after its own write succeeded, batches are committed in sequence, and
+    :meth:`drain` (called on partition revoke and on shutdown) finishes the write in flight and
+    commits it before the partitions go.
+    """
+
+    def __init__(self, consumer, processor: BatchProcessor, writer: ResultWriter, metrics: ServiceMetrics,
+                 on_stored: Callable[[BatchOutcome, float], None] | None = None) -> None:
+        self.consumer = consumer
+        self.processor = processor
+        self.writer = writer
+        self.metrics = metrics
+        self.on_stored = on_stored
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-writer")
+        self._pending: tuple[Future, list, BatchOutcome, float] | None = None
+
+    def submit(self, messages: list) -> bool:
+        """Process ``messages`` and hand them to the writer. False when a write failed: the
+        failed batch and this one are rewound for redelivery and the caller should pause."""
+        started = time.perf_counter()
+        outcome = self.processor.process(messages)
+        if not self.drain():
+            rewind(self.consumer, messages)
+            return False
+        self._pending = (self._executor.submit(self._write, outcome), messages, outcome, started)
+        return True
+
+    def _write(self, outcome: BatchOutcome) -> None:
+        start = time.perf_counter()
+        self.writer.write(outcome)
+        self.metrics.stage_seconds.labels("write").observe(time.perf_counter() - start)
+
+    def drain(self) -> bool:
+        """Wait for the batch in flight; commit it when stored, rewind it when not."""
+        if self._pending is None:
+            return True
+        future, messages, outcome, started = self._pending
+        self._pending = None
+        try:
+            future.result()
+        except SinkError as exc:
+            log.error("batch of %d not stored, will be redelivered: %s", len(messages), exc)
+            rewind(self.consumer, messages)
+            return False
+        start = time.perf_counter()
+        try:
+            self.consumer.commit(offsets=next_offsets(messages), asynchronous=False)
+        except KafkaException as exc:
+            log.warning("offsets of a stored batch not committed (%s): it will be redelivered", exc)
+        self.metrics.stage_seconds.labels("commit").observe(time.perf_counter() - start)
+        if self.on_stored is not None:
+            self.on_stored(outcome, time.perf_counter() - started)
+        return True
+
+    def close(self) -> None:
+        self.drain()
+        self._executor.shutdown(wait=True)

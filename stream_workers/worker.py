@@ -29,7 +29,7 @@ from rakuten_stream.database import make_engine
 from rakuten_stream.kafka import ensure_topics, make_consumer, make_producer
 from rakuten_stream.metrics import ServiceMetrics
 from rakuten_stream.settings import Settings
-from stream_workers.batch_cycle import run_batch
+from stream_workers.batch_cycle import PipelinedCycle
 from stream_workers.model_watcher import ModelWatcher
 from stream_workers.processor import BatchOutcome, BatchProcessor
 from stream_workers.sinks import ResultWriter
@@ -68,6 +68,7 @@ class Worker:
         self._stop = threading.Event()
         self._assigned: set[tuple[str, int]] = set()
         self._last_lag_export = 0.0
+        self._cycle: PipelinedCycle | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -99,8 +100,9 @@ class Worker:
             "group.instance.id": self.instance_id,
             "partition.assignment.strategy": "cooperative-sticky",
         })
+        self._cycle = PipelinedCycle(consumer, processor, writer, self.metrics, on_stored=self._record)
         consumer.subscribe([s.topic_products], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                           on_lost=self._on_revoke)
+                           on_lost=self._on_lost)
         log.info("worker %s consuming %s in group %s with model %s on %s", self.instance_id, s.topic_products,
                  s.worker_group_id, runtime.version, runtime.provider)
         try:
@@ -113,25 +115,24 @@ class Worker:
                     log.info("switched to model version %s", processor.runtime.version)
                 messages = [m for m in messages if not self._is_benign_error(m)]
                 if messages:
-                    self._handle(messages, consumer, processor, writer)
+                    self._handle(messages)
+                elif not self._cycle.drain():  # idle: finish and commit the batch in flight now
+                    self.stats.retries += 1
                 self._export_lag(consumer)
         finally:
+            self._cycle.close()  # the batch in flight: stored and committed before we leave
             consumer.close()  # commits nothing more (manual commits), leaves the group cleanly
             producer.flush(30)
             watcher.close()
         return self.stats
 
     # --- one batch -----------------------------------------------------------------------------
-    def _handle(self, messages: list, consumer, processor: BatchProcessor, writer: ResultWriter) -> None:
-        started = time.perf_counter()
+    def _handle(self, messages: list) -> None:
         self.metrics.batch_size.observe(len(messages))
         self.metrics.messages_in.labels(topic=self.settings.topic_products).inc(len(messages))
-        outcome = run_batch(messages, consumer, processor, writer, self.metrics)
-        if outcome is None:
+        if not self._cycle.submit(messages):
             self.stats.retries += 1
             self._stop.wait(self.retry_pause_s)
-            return
-        self._record(outcome, time.perf_counter() - started)
 
     def _record(self, outcome: BatchOutcome, seconds: float) -> None:
         now = datetime.now(UTC)
@@ -169,9 +170,14 @@ class Worker:
         log.info("assigned %s", sorted(p.partition for p in partitions))
 
     def _on_revoke(self, consumer, partitions) -> None:
-        # batches are committed before the next poll, so nothing of ours is pending here
+        self._cycle.drain()  # commit the batch in flight while the partitions are still ours
         self._assigned -= {(p.topic, p.partition) for p in partitions}
         log.info("revoked %s", sorted(p.partition for p in partitions))
+
+    def _on_lost(self, consumer, partitions) -> None:
+        # gone already: the new owner redelivers what was not committed (the upsert absorbs it)
+        self._assigned -= {(p.topic, p.partition) for p in partitions}
+        log.warning("lost %s", sorted(p.partition for p in partitions))
 
     def _export_lag(self, consumer, every_s: float = 10.0) -> None:
         now = time.monotonic()
