@@ -35,7 +35,7 @@ from rakuten_stream.embedded_broker import EmbeddedBroker, free_port  # noqa: E4
 from rakuten_stream.kafka import ensure_topics  # noqa: E402
 from rakuten_stream.model_runtime import ModelRuntime  # noqa: E402
 from rakuten_stream.settings import Settings  # noqa: E402
-from rakuten_stream.text_cleaning import listing_text  # noqa: E402
+from rakuten_stream.text_cleaning import ListingText  # noqa: E402
 from stream_workers.worker import Worker  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/rakuten"
@@ -46,7 +46,7 @@ def raw_throughput(model_dir: Path, records, batch: int, with_images: bool) -> f
     batches = []
     for start in range(0, len(records), batch):
         part = records[start : start + batch]
-        texts = [listing_text(r.designation, r.description) for r in part]
+        texts = [ListingText.of(r.designation, r.description) for r in part]
         images = [Image.open(r.image_path).convert("RGB") if with_images and r.image_path else None for r in part]
         batches.append((texts, images))
     runtime.predict(*batches[0])  # warm-up

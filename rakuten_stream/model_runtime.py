@@ -27,6 +27,7 @@ from rakuten_stream.fusion import (
     stacker_features,
 )
 from rakuten_stream.image_preprocessing import ImagePreprocessing, preprocess
+from rakuten_stream.text_cleaning import ListingText
 from rakuten_stream.text_embedding import embed, load_tokenizer
 from rakuten_stream.tfidf_features import TfidfFeaturizer
 
@@ -121,16 +122,16 @@ class ModelRuntime:
                           dtype=np.float64)
 
     # --- per modality ------------------------------------------------------------------------
-    def predict_tfidf(self, texts: Sequence[str]) -> np.ndarray:
-        features = self.featurizer.transform(texts)
+    def predict_tfidf(self, texts: Sequence[ListingText]) -> np.ndarray:
+        features = self.featurizer.transform([t.title_weighted for t in texts])
         probs = self._probabilities(self.tfidf, {self.tfidf.get_inputs()[0].name: features})
         return expand_to_classes(probs, self.manifest.tfidf.classes, self.manifest.classes)
 
     def embed_e5(self, texts: Sequence[str]) -> np.ndarray:
         return embed(self.e5_encoder, self.tokenizer, texts, self.manifest.e5.prefix)
 
-    def predict_e5(self, texts: Sequence[str]) -> np.ndarray:
-        embeddings = self.embed_e5(texts).astype(np.float32)
+    def predict_e5(self, texts: Sequence[ListingText]) -> np.ndarray:
+        embeddings = self.embed_e5([t.full for t in texts]).astype(np.float32)
         probs = self._probabilities(self.e5_head, {self.e5_head.get_inputs()[0].name: embeddings})
         return expand_to_classes(probs, self.manifest.e5.classes, self.manifest.classes)
 
@@ -144,7 +145,7 @@ class ModelRuntime:
         return expand_to_classes(probs, self.manifest.image.classes, self.manifest.classes)
 
     # --- the whole model ---------------------------------------------------------------------
-    def predict(self, texts: Sequence[str], images: Sequence[Image.Image | None] | None = None,
+    def predict(self, texts: Sequence[ListingText], images: Sequence[Image.Image | None] | None = None,
                 image_batch_size: int = 32) -> BatchPrediction:
         """Fused prediction for ``texts[i]`` with optional ``images[i]`` (None: no photo)."""
         n = len(texts)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from rakuten_stream.image_preprocessing import ImageDecodeError, decode_image
-from rakuten_stream.text_cleaning import listing_text
+from rakuten_stream.text_cleaning import ListingText
 from schemas import MessageError, ProductListing
 from stream_workers.image_sources import ImageFetchError, fetch_many
 
@@ -22,7 +22,7 @@ from stream_workers.image_sources import ImageFetchError, fetch_many
 class DecodedListing:
     message: object  # confluent_kafka.Message
     listing: ProductListing
-    text: str
+    text: ListingText
     image: Image.Image | None
     image_note: str | None  # why a referenced image was not used (text-only fallback)
     content_hash: str
@@ -80,6 +80,6 @@ def decode_batch(messages: Sequence, max_image_bytes: int, fetch_timeout_s: floa
                     image = decode_image(result, max_bytes=max_image_bytes)
                 except ImageDecodeError as exc:
                     image, note = None, f"image unreadable, text only: {exc}"
-        decoded.append(DecodedListing(message, listing, listing_text(listing.designation, listing.description),
+        decoded.append(DecodedListing(message, listing, ListingText.of(listing.designation, listing.description),
                                       image, note, content_hash(listing, image_bytes)))
     return decoded, rejected

@@ -23,7 +23,7 @@ from rakuten_stream.artifacts import E5Spec, FusionSpec, ImageSpec, Manifest, Tf
 from rakuten_stream.datasets import Dataset, ListingRecord, load_categories, load_dataset
 from rakuten_stream.image_preprocessing import ImagePreprocessing
 from rakuten_stream.model_runtime import ModelRuntime
-from rakuten_stream.text_cleaning import listing_text
+from rakuten_stream.text_cleaning import ListingText
 from rakuten_stream.text_embedding import embed_in_batches, load_tokenizer
 from training.evaluation import evaluate, plot_confusion, plot_reliability, write_report
 from training.fusion_fit import FusionFit, fit_fusion
@@ -64,8 +64,12 @@ class TrainResult:
 @dataclass
 class _Split:
     records: list[ListingRecord]
-    texts: list[str]
+    texts: list[ListingText]
     y: np.ndarray  # class indices
+
+    @property
+    def full_texts(self) -> list[str]:
+        return [t.full for t in self.texts]
 
 
 def new_version_id(snapshot_id: str) -> str:
@@ -88,7 +92,7 @@ def split_dataset(dataset: Dataset, config: TrainConfig) -> tuple[_Split, _Split
                                    stratify=[r.prdtypecode for r in labelled])
 
     def make(records: list[ListingRecord]) -> _Split:
-        return _Split(records, [listing_text(r.designation, r.description) for r in records],
+        return _Split(records, [ListingText.of(r.designation, r.description) for r in records],
                       np.asarray([index[r.prdtypecode] for r in records]))
 
     return make(train), make(test), classes
@@ -140,7 +144,8 @@ def _train_into(out: Path, version: str, dataset: Dataset, snapshot_id: str, con
 
     clock = _Clock()
     steps.start(f"TF-IDF + linear SVM on {n_train} rows")
-    tfidf_model, oof["tfidf"] = fit_tfidf(train_split.texts, train_split.y, config.tfidf, seed=config.seed)
+    tfidf_model, oof["tfidf"] = fit_tfidf([t.title_weighted for t in train_split.texts], train_split.y, config.tfidf,
+                                          seed=config.seed)
     featurizer_file, classifier_file = tfidf_model.export(out)
     tfidf_spec = TfidfSpec(featurizer=featurizer_file, classifier=classifier_file,
                            classes=[classes[i] for i in tfidf_model.classes])
@@ -222,18 +227,23 @@ def _train_e5(out: Path, split: _Split, classes: list[int], config: TrainConfig,
 
     steps.start(f"e5: converting {config.e5_source} and pruning its vocabulary")
     model, tokenizer = load_encoder(E5Source(config.e5_source))
-    model, tokenizer = prune_vocabulary(model, tokenizer, split.texts)
+    model, tokenizer = prune_vocabulary(model, tokenizer, split.full_texts)
     tokenizer.save(str(out / "e5_tokenizer.json"))
     export_onnx(model, out / "e5_encoder_fp32.onnx")
     encoder_file = "e5_encoder_fp32.onnx"
     if config.e5_int8:
-        quantize_int8(out / "e5_encoder_fp32.onnx", out / "e5_encoder_int8.onnx")
+        root = logging.getLogger()
+        level, _ = root.level, root.setLevel(logging.WARNING)  # the quantiser logs every tensor at INFO
+        try:
+            quantize_int8(out / "e5_encoder_fp32.onnx", out / "e5_encoder_int8.onnx")
+        finally:
+            root.setLevel(level)
         encoder_file = "e5_encoder_int8.onnx"
     del model
     session = ort.InferenceSession(str(out / encoder_file), providers=["CPUExecutionProvider"])
     tokenizer = load_tokenizer(out / "e5_tokenizer.json", config.e5_max_length)
     advance = steps.start("e5: embedding training rows", len(split.texts))
-    embeddings = embed_in_batches(session, tokenizer, split.texts, progress=advance)
+    embeddings = embed_in_batches(session, tokenizer, split.full_texts, progress=advance)
     head, oof = fit_head(embeddings, split.y, config.e5_head, list(range(len(classes))), seed=config.seed)
     export_classifier(head, embeddings.shape[1], out / "e5_head.onnx")
     spec = E5Spec(encoder=encoder_file, tokenizer="e5_tokenizer.json", head="e5_head.onnx",
@@ -299,7 +309,7 @@ def score_records(runtime: ModelRuntime, records: list[ListingRecord], advance: 
     chunks = []
     for start in range(0, len(records), batch_size):
         part = records[start : start + batch_size]
-        texts = [listing_text(r.designation, r.description) for r in part]
+        texts = [ListingText.of(r.designation, r.description) for r in part]
         images = []
         for r in part:
             image = None
@@ -329,8 +339,9 @@ def _int8_cost(out: Path, runtime: ModelRuntime, split: _Split) -> dict:
     from training.evaluation import weighted_f1
 
     session = ort.InferenceSession(str(out / "e5_encoder_fp32.onnx"), providers=["CPUExecutionProvider"])
-    fp32 = embed_in_batches(session, runtime.tokenizer, split.texts)
-    int8 = np.vstack([runtime.embed_e5(split.texts[i : i + 64]) for i in range(0, len(split.texts), 64)])
+    texts = split.full_texts
+    fp32 = embed_in_batches(session, runtime.tokenizer, texts)
+    int8 = np.vstack([runtime.embed_e5(texts[i : i + 64]) for i in range(0, len(texts), 64)])
     head = runtime.e5_head
     name = head.get_inputs()[0].name
     pred = {k: runtime._probabilities(head, {name: v.astype(np.float32)}).argmax(axis=1)

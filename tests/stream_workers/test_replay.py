@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from rakuten_stream.kafka import ensure_topics, make_producer
 from schemas import Prediction
 from stream_workers.replay import Replayer, ReplayError, parse_position, plan_replay

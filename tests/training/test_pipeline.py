@@ -16,6 +16,7 @@ from rakuten_stream.artifacts import ArtifactError, read_manifest, sha256_of
 from rakuten_stream.database import make_engine, upgrade
 from rakuten_stream.datasets import load_dataset
 from rakuten_stream.model_runtime import ModelRuntime
+from rakuten_stream.text_cleaning import ListingText
 from tests.helpers import copy_as_new_version
 from training.quality_gate import decide
 
@@ -48,13 +49,14 @@ def test_the_runtime_handles_a_missing_image_and_reports_contributions(tiny_mode
     runtime = ModelRuntime(tiny_model)
     record = next(r for r in load_dataset(tiny_data).records if r.image_path is not None)
     photo = Image.open(record.image_path).convert("RGB")
-    batch = runtime.predict([record.designation, record.designation], [photo, None])
+    text = ListingText.of(record.designation, record.description)
+    batch = runtime.predict([text, text], [photo, None])
     np.testing.assert_allclose(batch.probs.sum(axis=1), 1, atol=1e-6)
     assert batch.present["image"].tolist() == [True, False]
     assert batch.contributions["image"][1] == 0  # no image, no say
     for row in range(2):
         assert sum(c[row] for c in batch.contributions.values()) == pytest.approx(1, abs=1e-6)
-    text_only = runtime.predict([record.designation])
+    text_only = runtime.predict([text])
     np.testing.assert_allclose(text_only.probs[0], batch.probs[1], atol=1e-6)
 
 
