@@ -1,13 +1,13 @@
 # One image for every role of the service: `docker run rakuten-stream <subcommand>`
-# (worker, drift, retrain-worker, init-db, publish, results, lag, ...).
+# (worker, retrain-worker, replay, init-db, publish, results, lag, ...).
 #
-#   docker build -t rakuten-stream .                           # all roles (training + drift extras)
-#   docker build -t rakuten-stream:worker --build-arg EXTRAS=drift .   # no torch: a much smaller image
+#   docker build -t rakuten-stream .                                # all roles (training extra)
+#   docker build -t rakuten-stream:worker --build-arg EXTRAS=dev .  # no torch: a much smaller worker image
 #
 # Configuration comes from RAKUTEN_* environment variables (see rakuten_stream/settings.py).
 FROM python:3.11-slim
 
-ARG EXTRAS=training,drift
+ARG EXTRAS=training
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

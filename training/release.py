@@ -1,0 +1,60 @@
+"""From data to a served model: train, record the snapshot, register, gate, announce.
+
+What `rakuten-stream train`, the demo and the retrain worker all do.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from rich.progress import Progress
+from sqlalchemy import Engine
+
+from rakuten_stream import registry
+from rakuten_stream.artifacts import read_manifest
+from rakuten_stream.datasets import load_dataset
+from rakuten_stream.kafka import ensure_topics
+from rakuten_stream.settings import Settings
+from training.data_loading import record_snapshot
+from training.pipeline import TrainConfig, TrainResult, train
+from training.quality_gate import decide
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Release:
+    result: TrainResult
+    decision: dict
+    announced: bool
+
+    @property
+    def promoted(self) -> bool:
+        return bool(self.decision.get("promoted"))
+
+
+def train_and_release(settings: Settings, engine: Engine, config: TrainConfig, promote: bool = True,
+                      progress: Progress | None = None) -> Release:
+    result = train(config, progress)
+    record_snapshot(engine, load_dataset(config.data, limit=config.limit), result.snapshot_id)
+    registry.register(engine, read_manifest(result.artifact_dir), result.artifact_dir, result.snapshot_id)
+    decision: dict = {}
+    announced = False
+    if promote:
+        decision = decide(engine, result.version, result.metrics["weighted_f1"], result.test_records)
+        if decision["promoted"]:
+            announced = announce_quietly(settings, engine, result.version)
+    return Release(result, decision, announced)
+
+
+def announce_quietly(settings: Settings, engine: Engine, version: str) -> bool:
+    """Tell running workers; without Kafka they pick the version up at their next start."""
+    try:
+        ensure_topics(settings, timeout_s=5)
+        registry.announce(settings, registry.get_version(engine, version))
+        return True
+    except Exception as exc:
+        log.warning("could not announce %s on Kafka (%s): running workers will pick it up at their next start",
+                    version, exc)
+        return False
