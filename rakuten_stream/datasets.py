@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from rakuten_stream.artifacts import sha256_of
+
 CHALLENGE_X = ("X_train_update.csv", "X_test_update.csv", "X_train.csv", "X_test.csv")
 CHALLENGE_Y = ("Y_train_CVw08PX.csv", "Y_train.csv")
 IMAGE_FOLDERS = ("images", "images_recovered", "images/image_train", "images/image_test", "image_train", "image_test")
@@ -55,16 +57,8 @@ class Dataset:
         digest = hashlib.sha256()
         for path in sorted(self.files):
             digest.update(path.name.encode())
-            digest.update(file_sha256(path).encode())
+            digest.update(sha256_of(path).encode())
         return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def detect_layout(path: Path) -> str:

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from rakuten_stream.artifacts import sha256_of
 from rakuten_stream.database import session_scope, upsert
-from rakuten_stream.datasets import Dataset, file_sha256
+from rakuten_stream.datasets import Dataset
 from schemas.tables import DatasetSnapshot, Product
 
 
@@ -31,7 +32,7 @@ def record_snapshot(engine: Engine, dataset: Dataset, snapshot_id: str | None = 
         session.add(DatasetSnapshot(
             snapshot_id=snapshot_id, source_path=str(dataset.path.resolve()), layout=dataset.layout,
             row_count=len(dataset.records), image_count=dataset.with_images, class_counts=dict(sorted(counts.items())),
-            files={p.name: file_sha256(p) for p in dataset.files if p.suffix != ".jpg"},
+            files={p.name: sha256_of(p) for p in dataset.files if p.suffix != ".jpg"},
         ))
     return snapshot_id, False
 
