@@ -28,7 +28,7 @@ from rakuten_stream.fusion import (
 )
 from rakuten_stream.image_preprocessing import ImagePreprocessing, preprocess
 from rakuten_stream.text_cleaning import ListingText
-from rakuten_stream.text_embedding import embed, load_tokenizer
+from rakuten_stream.text_embedding import embed_in_batches, load_tokenizer
 from rakuten_stream.tfidf_features import TfidfFeaturizer
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class ModelRuntime:
         return expand_to_classes(probs, self.manifest.tfidf.classes, self.manifest.classes)
 
     def embed_e5(self, texts: Sequence[str]) -> np.ndarray:
-        return embed(self.e5_encoder, self.tokenizer, texts, self.manifest.e5.prefix)
+        return embed_in_batches(self.e5_encoder, self.tokenizer, texts, batch_size=16, prefix=self.manifest.e5.prefix)
 
     def predict_e5(self, texts: Sequence[ListingText]) -> np.ndarray:
         embeddings = self.embed_e5([t.full for t in texts]).astype(np.float32)

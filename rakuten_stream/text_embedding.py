@@ -29,7 +29,8 @@ def embed(session: ort.InferenceSession, tokenizer: Tokenizer, texts: Sequence[s
 
 def embed_in_batches(session: ort.InferenceSession, tokenizer: Tokenizer, texts: Sequence[str], batch_size: int = 32,
                      prefix: str = "query: ", progress=None) -> np.ndarray:
-    """Sorted by length so padding stays short; returned in the input order."""
+    """Sorted by length and cut into small batches so padding stays short (attention cost grows
+    with the longest row of a batch); returned in the input order."""
     order = np.argsort([len(t) for t in texts])
     out = None
     for start in range(0, len(texts), batch_size):

@@ -1,14 +1,16 @@
 """Which model version to serve, and hearing of promotions without a restart.
 
 At start the production version comes from the registry (database), or failing that from the
-latest record of the compacted model-updates topic. Between batches the watcher polls that
-topic (never blocking) and loads a newly promoted version; the worker swaps it in before its
-next batch.
+latest record of the compacted model-updates topic. Between batches the watcher checks that
+topic's high watermark now and then (a cheap ListOffsets request) and fetches only when it
+moved; its consumer stays paused otherwise, so an idle control topic costs no fetch traffic.
+The worker swaps a newly promoted version in before its next batch.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from pathlib import Path
 
@@ -29,17 +31,22 @@ class NoModelError(RuntimeError):
 
 
 class ModelWatcher:
-    def __init__(self, settings: Settings, engine: Engine, pinned_version: str | None = None) -> None:
+    def __init__(self, settings: Settings, engine: Engine, pinned_version: str | None = None,
+                 check_every_s: float = 2.0) -> None:
         self.settings = settings
         self.engine = engine
         self.pinned_version = pinned_version
         self._sessions: dict = {}  # shared by successive versions: unchanged graphs are not reloaded
         self._consumer = None
+        self.check_every_s = check_every_s
+        self._last_check = 0.0
+        self._partition = TopicPartition(settings.topic_model_updates, 0)
         if pinned_version is None:
             # a private, commit-less reader of the control topic: every worker sees every update
             self._consumer = make_consumer(settings, group_id=f"model-watch-{uuid.uuid4().hex[:12]}",
                                            **{"enable.partition.eof": False})
             self._consumer.assign([TopicPartition(settings.topic_model_updates, 0, OFFSET_BEGINNING)])
+            self._consumer.pause([self._partition])
 
     def load(self, artifact_dir: Path | str) -> ModelRuntime:
         return ModelRuntime(Path(artifact_dir), providers=self.settings.execution_provider,
@@ -51,18 +58,36 @@ class ModelWatcher:
         row = registry.production(self.engine)
         if row is not None:
             return self.load(row.artifact_dir)
-        update = self.poll(timeout_s=2.0)
+        update = self.poll(timeout_s=2.0, force=True)
         if update is not None:
             return self.load(update.artifact_dir)
         raise NoModelError("no production model: train one with `rakuten-stream train --data DIR` "
                            "(or run `rakuten-stream demo`)")
 
-    def poll(self, timeout_s: float = 0.0) -> ModelUpdate | None:
-        """The newest production update waiting on the control topic, if any."""
+    def poll(self, timeout_s: float = 0.5, force: bool = False) -> ModelUpdate | None:
+        """The newest production update on the control topic since the last call, if any."""
         if self._consumer is None:
             return None
+        now = time.monotonic()
+        if not force and now - self._last_check < self.check_every_s:
+            return None
+        self._last_check = now
+        _, high = self._consumer.get_watermark_offsets(self._partition, timeout=2, cached=False)
+        position = self._consumer.position([self._partition])[0].offset
+        if high <= max(position, 0):
+            return None
+        self._consumer.resume([self._partition])
+        messages: list = []
+        deadline = time.monotonic() + timeout_s
+        try:  # read up to the high watermark: only the newest update matters
+            while position < high and time.monotonic() < deadline:
+                batch = self._consumer.consume(num_messages=500, timeout=max(0.0, deadline - time.monotonic()))
+                messages.extend(batch)
+                if batch:
+                    position = max(position, batch[-1].offset() + 1)
+        finally:
+            self._consumer.pause([self._partition])
         latest = None
-        messages = self._consumer.consume(num_messages=100, timeout=timeout_s)
         for message in messages:
             if message.error():
                 continue

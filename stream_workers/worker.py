@@ -99,6 +99,11 @@ class Worker:
         consumer = make_consumer(s, s.worker_group_id, **{
             "group.instance.id": self.instance_id,
             "partition.assignment.strategy": "cooperative-sticky",
+            # prefetch about two batches, not librdkafka's 100k messages: bounded memory, and no
+            # fetch traffic while a full local queue waits for the model (empty fetches on a drained
+            # topic are the broker's to hold; the embedded broker answers them at once)
+            "queued.min.messages": 2 * s.batch_max_messages,
+            "fetch.queue.backoff.ms": 20,
         })
         self._cycle = PipelinedCycle(consumer, processor, writer, self.metrics, on_stored=self._record)
         consumer.subscribe([s.topic_products], on_assign=self._on_assign, on_revoke=self._on_revoke,
