@@ -36,7 +36,7 @@ def main() -> None:
         settings = Settings(kafka_bootstrap_servers=broker.bootstrap_servers)
         ensure_topics(settings)
         process = psutil.Process(broker._process.pid)
-        print("no consumer:      broker %5.1f%%  client %5.1f%%" % cpu_percent(process, 4))
+        print("no consumer:      broker {:5.1f}%  client {:5.1f}%".format(*cpu_percent(process, 4)))
         for label, overrides in (("default", {}), ("fetch.wait.max.ms=500", {"fetch.wait.max.ms": 500})):
             consumer = make_consumer(settings, f"idle-{label}", **overrides)
             consumer.subscribe([settings.topic_products])
