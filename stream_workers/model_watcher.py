@@ -2,8 +2,8 @@
 
 At start the production version comes from the registry (database), or failing that from the
 latest record of the compacted model-updates topic. Between batches the watcher checks that
-topic's high watermark now and then (a cheap ListOffsets request) and fetches only when it
-moved; its consumer stays paused otherwise, so an idle control topic costs no fetch traffic.
+topic's high watermark now and then (a cheap ListOffsets request) and reads only when it
+moved; its consumer is unassigned otherwise, so an idle control topic costs no fetch traffic.
 The worker swaps a newly promoted version in before its next batch.
 """
 
@@ -14,7 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import TopicPartition
 from sqlalchemy import Engine
 
 from rakuten_stream import registry
@@ -41,12 +41,11 @@ class ModelWatcher:
         self.check_every_s = check_every_s
         self._last_check = 0.0
         self._partition = TopicPartition(settings.topic_model_updates, 0)
+        self._next_offset = 0
         if pinned_version is None:
             # a private, commit-less reader of the control topic: every worker sees every update
             self._consumer = make_consumer(settings, group_id=f"model-watch-{uuid.uuid4().hex[:12]}",
                                            **{"enable.partition.eof": False})
-            self._consumer.assign([TopicPartition(settings.topic_model_updates, 0, OFFSET_BEGINNING)])
-            self._consumer.pause([self._partition])
 
     def load(self, artifact_dir: Path | str) -> ModelRuntime:
         return ModelRuntime(Path(artifact_dir), providers=self.settings.execution_provider,
@@ -64,7 +63,7 @@ class ModelWatcher:
         raise NoModelError("no production model: train one with `rakuten-stream train --data DIR` "
                            "(or run `rakuten-stream demo`)")
 
-    def poll(self, timeout_s: float = 0.5, force: bool = False) -> ModelUpdate | None:
+    def poll(self, timeout_s: float = 5.0, force: bool = False) -> ModelUpdate | None:
         """The newest production update on the control topic since the last call, if any."""
         if self._consumer is None:
             return None
@@ -73,24 +72,23 @@ class ModelWatcher:
             return None
         self._last_check = now
         _, high = self._consumer.get_watermark_offsets(self._partition, timeout=2, cached=False)
-        position = self._consumer.position([self._partition])[0].offset
-        if high <= max(position, 0):
+        if high <= self._next_offset:
             return None
-        self._consumer.resume([self._partition])
+        # assigned only while there is something to read: an idle control topic costs no fetches
+        self._consumer.assign([TopicPartition(self._partition.topic, 0, self._next_offset)])
         messages: list = []
         deadline = time.monotonic() + timeout_s
         try:  # read up to the high watermark: only the newest update matters
-            while position < high and time.monotonic() < deadline:
+            while self._next_offset < high and time.monotonic() < deadline:
                 batch = self._consumer.consume(num_messages=500, timeout=max(0.0, deadline - time.monotonic()))
+                batch = [m for m in batch if not m.error()]
                 messages.extend(batch)
                 if batch:
-                    position = max(position, batch[-1].offset() + 1)
+                    self._next_offset = max(self._next_offset, batch[-1].offset() + 1)
         finally:
-            self._consumer.pause([self._partition])
+            self._consumer.unassign()
         latest = None
         for message in messages:
-            if message.error():
-                continue
             try:
                 update = ModelUpdate.from_bytes(message.value())
             except MessageError as exc:

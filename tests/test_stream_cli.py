@@ -168,7 +168,8 @@ def test_lag_watch_serves_the_gauge_until_interrupted(env, half_read, settings):
                 in metrics)
     finally:
         process.send_signal(signal.SIGINT)
-        assert process.wait(10) == 0
+        process.communicate(timeout=60)  # drain the pipe so the child never blocks on a write
+        assert process.returncode == 0
 
 
 # -- results --------------------------------------------------------------------------------------------
