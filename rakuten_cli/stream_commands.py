@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -215,8 +216,11 @@ def lag(
         _fail("--metrics-port needs --watch (the gauge must be refreshed)")
     metrics = ServiceMetrics() if metrics_port is not None else None
     code = 0
+    # Ctrl-C / SIGTERM end a --watch between measurements, never inside a librdkafka call
+    stop = threading.Event()
+    handlers = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with _sigterm_interrupts(), LagProbe(settings) as probe:
+        with LagProbe(settings) as probe:
             if groups:
                 _print_groups(probe, as_json)
                 raise typer.Exit(0)
@@ -227,7 +231,7 @@ def lag(
             if live is not None:
                 live.start()
             try:
-                while True:
+                while not stop.is_set():
                     try:
                         lags = probe.consumer_lag(group_id, topic_name)
                     except (LagError, KafkaException) as exc:
@@ -236,7 +240,7 @@ def lag(
                         # watching (an exporter): say so and measure again, the topic may come back
                         code = 2
                         console.print(f"[yellow]cannot measure:[/] {exc}", highlight=False, soft_wrap=True)
-                        time.sleep(watch)
+                        stop.wait(watch)
                         continue
                     code = 1 if max_lag is not None and any(p.lag > max_lag for p in lags) else 0
                     if metrics is not None:
@@ -251,9 +255,7 @@ def lag(
                         out.print(_lag_table(group_id, topic_name, lags, max_lag))
                     if watch is None:
                         break
-                    time.sleep(watch)
-            except KeyboardInterrupt:
-                pass
+                    stop.wait(watch)
             finally:
                 if live is not None:
                     live.stop()
@@ -261,6 +263,9 @@ def lag(
         _fail(str(exc))
     except KafkaException as exc:
         _fail(_kafka_problem(settings.kafka_bootstrap_servers, exc))
+    finally:
+        for signum, previous in handlers.items():
+            signal.signal(signum, previous)
     if code and not as_json:
         console.print(f"[red]lag over {max_lag}[/] on at least one partition", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
