@@ -189,6 +189,7 @@ class Publisher:
         remaining = self._producer.flush(self.flush_timeout_s)
         if remaining:
             log.error("%d message(s) to %s not acknowledged at close", remaining, self.topic)
+        self._producer = None  # librdkafka's threads go with the last reference
 
     def __enter__(self) -> Publisher:
         return self

@@ -129,6 +129,7 @@ class Worker:
             consumer.close()  # commits nothing more (manual commits), leaves the group cleanly
             producer.flush(30)
             watcher.close()
+            self._cycle = None  # release the producer (and its librdkafka threads) with the loop
         return self.stats
 
     # --- one batch -----------------------------------------------------------------------------
