@@ -18,10 +18,10 @@ import pytest
 
 from rakuten_stream.embedded_broker import EmbeddedBroker, free_port
 from rakuten_stream.settings import Settings
+from tests.helpers import DATA_DIR
 
 POSTGRES_ADMIN_URL = os.environ.get("RAKUTEN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_TEST_URL = os.environ.get("RAKUTEN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-DATA_DIR = Path(os.environ.get("RAKUTEN_DATA_DIR", Path(__file__).resolve().parents[2] / "shared/data/rakuten"))
 
 
 def unique(prefix: str) -> str:

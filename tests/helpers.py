@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import shutil
 import time
 import uuid
@@ -15,6 +16,9 @@ from rakuten_stream.artifacts import read_manifest, write_manifest
 from rakuten_stream.database import make_engine, upgrade
 from rakuten_stream.kafka import make_consumer
 from rakuten_stream.settings import Settings
+
+# the Rakuten sample: RAKUTEN_DATA_DIR, else ../shared/data/rakuten beside the checkout
+DATA_DIR = Path(os.environ.get("RAKUTEN_DATA_DIR", Path(__file__).resolve().parents[2] / "shared/data/rakuten"))
 
 
 def read_topic(settings: Settings, topic: str, expected: int | None = None, timeout_s: float = 60.0,

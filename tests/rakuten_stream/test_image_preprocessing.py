@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import struct
 import time
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +20,8 @@ from rakuten_stream.image_preprocessing import (
     decode_image,
     preprocess,
 )
+from tests.helpers import DATA_DIR
 
-DATA_DIR = Path(os.environ.get("RAKUTEN_DATA_DIR", "/work/shared/data/rakuten"))
 PARAMS = ImagePreprocessing()
 LOWEST = (0 - 127) / 128  # value of a 0 pixel
 HIGHEST = (255 - 127) / 128  # value of a 255 pixel

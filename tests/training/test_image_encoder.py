@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import timm
 import torch
 
 from rakuten_stream.image_preprocessing import ImagePreprocessing, decode_image, preprocess
+from tests.helpers import DATA_DIR
 from training.image_encoder import (
     FEATURE_DIM,
     PREPROCESSING_METADATA_KEY,
@@ -27,7 +27,6 @@ from training.image_encoder import (
     remap_packaged_state_dict,
 )
 
-DATA_DIR = Path(os.environ.get("RAKUTEN_DATA_DIR", "/work/shared/data/rakuten"))
 PARAMS = ImagePreprocessing()
 
 #: Max |ONNX - torch| over the 1280 features of 16 real product photos.

