@@ -233,7 +233,7 @@ def _train_e5(out: Path, split: _Split, classes: list[int], config: TrainConfig,
     encoder_file = "e5_encoder_fp32.onnx"
     if config.e5_int8:
         root = logging.getLogger()
-        level, _ = root.level, root.setLevel(logging.WARNING)  # the quantiser logs every tensor at INFO
+        level, _ = root.level, root.setLevel(logging.ERROR)  # the quantiser logs every tensor, and advice
         try:
             quantize_int8(out / "e5_encoder_fp32.onnx", out / "e5_encoder_int8.onnx")
         finally:
