@@ -131,8 +131,10 @@ class ModelRuntime:
         return embed_in_batches(self.e5_encoder, self.tokenizer, texts, batch_size=16, prefix=self.manifest.e5.prefix)
 
     def predict_e5(self, texts: Sequence[ListingText]) -> np.ndarray:
-        embeddings = self.embed_e5([t.full for t in texts]).astype(np.float32)
-        probs = self._probabilities(self.e5_head, {self.e5_head.get_inputs()[0].name: embeddings})
+        return self.e5_head_probabilities(self.embed_e5([t.full for t in texts]))
+
+    def e5_head_probabilities(self, embeddings: np.ndarray) -> np.ndarray:
+        probs = self._probabilities(self.e5_head, {self.e5_head.get_inputs()[0].name: embeddings.astype(np.float32)})
         return expand_to_classes(probs, self.manifest.e5.classes, self.manifest.classes)
 
     def image_features(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -187,7 +189,6 @@ class ModelRuntime:
             return fuse_weighted(log_probs, present, spec.weights)
         features = stacker_features(log_probs, present, spec.modalities)
         probs = self._probabilities(self.stacker, {self.stacker.get_inputs()[0].name: features})
-        probs = expand_to_classes(probs, self.manifest.classes, self.manifest.classes)
         contributions = stacker_contributions(features.astype(np.float64), self.stacker_coef, spec.modalities,
                                               len(self.classes), probs.argmax(axis=1))
         return probs, contributions

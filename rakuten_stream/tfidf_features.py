@@ -88,20 +88,14 @@ class TfidfFeaturizer:
         return out
 
     def save(self, path: Path) -> None:
+        # terms as one UTF-8 blob per block (string arrays would need pickle to load back)
         arrays = {}
         for i, block in enumerate(self.blocks):
             terms = sorted(block.vocabulary, key=block.vocabulary.__getitem__)
-            arrays[f"{i}_{block.analyzer}_terms"] = np.asarray(terms, dtype=object)
+            arrays[f"{i}_{block.analyzer}_terms"] = np.frombuffer("\n".join(terms).encode("utf-8"), dtype=np.uint8)
             arrays[f"{i}_{block.analyzer}_idf"] = block.idf.astype(np.float64)
-        # object arrays need pickle; store terms as one UTF-8 blob instead to keep np.load safe
-        safe = {}
-        for key, value in arrays.items():
-            if key.endswith("_terms"):
-                safe[key] = np.frombuffer("\n".join(value.tolist()).encode("utf-8"), dtype=np.uint8)
-            else:
-                safe[key] = value
         with open(path, "wb") as handle:
-            np.savez_compressed(handle, **safe)
+            np.savez_compressed(handle, **arrays)
 
     @classmethod
     def load(cls, path: Path) -> TfidfFeaturizer:

@@ -62,7 +62,8 @@ class BatchProcessor:
                 self.metrics.inference_seconds.labels(modality=modality).observe(seconds)
             for row, item in enumerate(misses):
                 body = self._prediction_body(runtime, batch, row)
-                fresh[item.content_hash] = json.dumps(body).encode()
+                if self.cache is not None and self.cache.available:
+                    fresh[item.content_hash] = json.dumps(body).encode()
                 outcome.predictions.append(self._prediction(item, body, runtime.version, now, cached=False))
         for item, hit in zip(decoded, cached, strict=True):
             if hit is not None:

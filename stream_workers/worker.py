@@ -89,9 +89,10 @@ class Worker:
         runtime = watcher.initial()
         self._activate(runtime)
         cache = PredictionCache(s.redis_url.get_secret_value() if s.cache_enabled else None, s.cache_ttl_seconds)
-        if s.cache_enabled and not cache.ping():
+        cache_up = cache.ping()
+        if s.cache_enabled and not cache_up:
             log.warning("Redis at %s does not answer: running without the prediction cache", s.redis_url)
-        self.metrics.cache_available.set(1 if cache.ping() else 0)
+        self.metrics.cache_available.set(1 if cache_up else 0)
         processor = BatchProcessor(runtime, cache, self.metrics, s.max_image_bytes, s.image_fetch_timeout_s,
                                    s.top_k, self.instance_id)
         producer = make_producer(s)

@@ -342,10 +342,7 @@ def _int8_cost(out: Path, runtime: ModelRuntime, split: _Split) -> dict:
     texts = split.full_texts
     fp32 = embed_in_batches(session, runtime.tokenizer, texts)
     int8 = np.vstack([runtime.embed_e5(texts[i : i + 64]) for i in range(0, len(texts), 64)])
-    head = runtime.e5_head
-    name = head.get_inputs()[0].name
-    pred = {k: runtime._probabilities(head, {name: v.astype(np.float32)}).argmax(axis=1)
-            for k, v in (("fp32", fp32), ("int8", int8))}
+    pred = {k: runtime.e5_head_probabilities(v).argmax(axis=1) for k, v in (("fp32", fp32), ("int8", int8))}
     cosine = float(np.mean(np.sum(fp32 * int8, axis=1)))
     (out / "e5_encoder_fp32.onnx").unlink()  # served int8; fp32 is not kept in the version
     return {"weighted_f1_fp32": weighted_f1(split.y, pred["fp32"]),
