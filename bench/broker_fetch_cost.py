@@ -33,13 +33,13 @@ def cpu_percent(broker: psutil.Process, seconds: float, consumer=None) -> tuple[
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(free_port(), Path(tmp) / "b") as broker:
-        settings = Settings(kafka_bootstrap_servers=broker.bootstrap_servers)
+        settings = Settings(kafka={"bootstrap_servers": broker.bootstrap_servers})
         ensure_topics(settings)
         process = psutil.Process(broker._process.pid)
         print("no consumer:      broker {:5.1f}%  client {:5.1f}%".format(*cpu_percent(process, 4)))
         for label, overrides in (("default", {}), ("fetch.wait.max.ms=500", {"fetch.wait.max.ms": 500})):
             consumer = make_consumer(settings, f"idle-{label}", **overrides)
-            consumer.subscribe([settings.topic_products])
+            consumer.subscribe([settings.topics.products])
             consumer.poll(2)
             print(f"idle consumer ({label}): broker %5.1f%%  client %5.1f%%" % cpu_percent(process, 4, consumer))
             consumer.close()

@@ -26,16 +26,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from PIL import Image  # noqa: E402
 
+from inference import registry  # noqa: E402
+from inference.artifacts import read_manifest  # noqa: E402
+from inference.features.text_cleaning import ListingText  # noqa: E402
+from inference.runtime import ModelRuntime  # noqa: E402
 from producers.publisher import Publisher  # noqa: E402
-from rakuten_stream import registry  # noqa: E402
-from rakuten_stream.artifacts import read_manifest  # noqa: E402
 from rakuten_stream.database import make_engine, upgrade  # noqa: E402
 from rakuten_stream.datasets import load_dataset  # noqa: E402
 from rakuten_stream.embedded_broker import EmbeddedBroker, free_port  # noqa: E402
 from rakuten_stream.kafka import ensure_topics, make_admin  # noqa: E402
-from rakuten_stream.model_runtime import ModelRuntime  # noqa: E402
 from rakuten_stream.settings import Settings  # noqa: E402
-from rakuten_stream.text_cleaning import ListingText  # noqa: E402
 from stream_workers.worker import Worker  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/rakuten"
@@ -58,9 +58,10 @@ def raw_throughput(model_dir: Path, records, batch: int, with_images: bool) -> f
 
 def end_to_end(base: Settings, model_dir: Path, records, batch: int, images: str) -> float:
     run = uuid.uuid4().hex[:8]
-    settings = base.with_overrides(topic_products=f"bench-products-{run}", topic_predictions=f"bench-pred-{run}",
-                                   topic_dead_letters=f"bench-dlq-{run}", worker_group_id=f"bench-{run}",
-                                   batch_max_messages=batch)
+    settings = base.with_overrides(
+        topics={"products": f"bench-products-{run}", "predictions": f"bench-pred-{run}",
+                "dead_letters": f"bench-dlq-{run}"},
+        worker={"group_id": f"bench-{run}", "batch_max_messages": batch})
     ensure_topics(settings)
     with Publisher(settings, images=images) as publisher:  # a backlog: the worker runs flat out
         publisher.publish(records)
@@ -78,8 +79,8 @@ def end_to_end(base: Settings, model_dir: Path, records, batch: int, images: str
     # the embedded broker rewrites a snapshot of everything it stores about once a second: drop
     # what this run wrote so it does not tax the next one (see BROKER.md)
     admin = make_admin(settings)
-    for future in admin.delete_topics([settings.topic_products, settings.topic_predictions,
-                                       settings.topic_dead_letters]).values():
+    for future in admin.delete_topics([settings.topics.products, settings.topics.predictions,
+                                       settings.topics.dead_letters]).values():
         future.result()
     stages = {}
     for metric in worker.metrics.stage_seconds.collect():
@@ -111,8 +112,9 @@ def main() -> None:
         manifest = read_manifest(args.model)
         registry.register(engine, manifest, args.model, None)
         registry.promote(engine, manifest.version)
-        settings = Settings(kafka_bootstrap_servers=broker.bootstrap_servers, database_url=url, cache_enabled=False,
-                            metrics_port=0, topic_partitions=4, batch_max_wait_ms=50)
+        settings = Settings(kafka={"bootstrap_servers": broker.bootstrap_servers}, database={"url": url},
+                            cache={"enabled": False}, worker={"metrics_port": 0, "batch_max_wait_ms": 50},
+                            topics={"partitions": 4})
         figures = {"model": manifest.version, "n": len(records), "batch": args.batch}
         for label, with_images, mode in (("with_images", True, args.images), ("text_only", False, "none")):
             raw = raw_throughput(args.model, records, args.batch, with_images)

@@ -112,7 +112,7 @@ class Publisher:
             raise ValueError(f"images must be one of {', '.join(IMAGE_MODES)}; got {images!r}")
         self.settings = settings
         self.images: ImageMode = images
-        self.topic = settings.topic_products
+        self.topic = settings.topics.products
         self.flush_timeout_s = flush_timeout_s
         if create_topic:
             ensure_topics(settings, [s for s in service_topics(settings) if s.name == self.topic])

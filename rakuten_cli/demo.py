@@ -18,18 +18,18 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from inference import registry
 from producers.publisher import Publisher
 from producers.synthetic import write_synthetic_dataset
 from rakuten_cli.context import console, settings_of
 from rakuten_cli.model_commands import run_training
-from rakuten_stream import registry
+from rakuten_stream.clients.lag import consumer_lag
+from rakuten_stream.clients.results import PredictionStream
 from rakuten_stream.database import make_engine, upgrade
 from rakuten_stream.datasets import load_dataset
 from rakuten_stream.doctor import check_kafka
 from rakuten_stream.embedded_broker import EmbeddedBroker
 from rakuten_stream.kafka import ensure_topics
-from rakuten_stream.lag import consumer_lag
-from rakuten_stream.results import PredictionStream
 from rakuten_stream.settings import Settings, redact_url
 from stream_workers.worker import Worker
 
@@ -55,16 +55,16 @@ def demo(
 
 def _kafka(settings: Settings) -> EmbeddedBroker | None:
     if check_kafka(settings, timeout_s=2).ok:
-        console.print(f"Kafka answers at {settings.kafka_bootstrap_servers}: using it")
+        console.print(f"Kafka answers at {settings.kafka.bootstrap_servers}: using it")
         return None
-    broker = EmbeddedBroker(settings.broker_port, settings.broker_data_dir)
+    broker = EmbeddedBroker(settings.broker.port, settings.broker.data_dir)
     broker.start()
     console.print(f"started the embedded Kafka-compatible broker at {broker.bootstrap_servers}")
     return broker
 
 
 def _run(settings: Settings, data: Path | None, limit: int, use_e5: bool, images: str) -> None:
-    url = settings.database_url.get_secret_value()
+    url = settings.database.url.get_secret_value()
     upgrade(url)
     engine = make_engine(url)
     if data is None:
@@ -126,7 +126,7 @@ def _summary(settings: Settings, version: str, labels: dict, seen: dict, elapsed
 
     truth = np.asarray([labels[p] for p in seen])
     pred = np.asarray([seen[p] for p in seen])
-    lag = consumer_lag(settings, settings.worker_group_id, settings.topic_products)
+    lag = consumer_lag(settings, settings.worker.group_id, settings.topics.products)
     table = Table(title="rakuten-stream demo", show_header=False)
     table.add_row("model version", version)
     table.add_row("listings streamed", f"{len(labels)} ({len(seen)} predicted, "
@@ -135,7 +135,7 @@ def _summary(settings: Settings, version: str, labels: dict, seen: dict, elapsed
     if len(seen):
         table.add_row("weighted F1 (labelled rows)", f"{f1_score(truth, pred, average='weighted'):.4f}")
     table.add_row("consumer lag", ", ".join(f"p{p.partition}={p.lag}" for p in lag))
-    table.add_row("predictions topic", f"{settings.topic_predictions} @ {settings.kafka_bootstrap_servers}")
-    table.add_row("database", redact_url(settings.database_url.get_secret_value()))
+    table.add_row("predictions topic", f"{settings.topics.predictions} @ {settings.kafka.bootstrap_servers}")
+    table.add_row("database", redact_url(settings.database.url.get_secret_value()))
     table.add_row("try next", "rakuten-stream results --from-beginning --no-follow | rakuten-stream models list")
     console.print(table)

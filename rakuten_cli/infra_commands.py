@@ -23,7 +23,7 @@ def broker(
 ) -> None:
     """Run the embedded Kafka-compatible broker (noida-db) on loopback until Ctrl-C / SIGTERM."""
     settings = settings_of(ctx)
-    embedded = EmbeddedBroker(port or settings.broker_port, data_dir or settings.broker_data_dir)
+    embedded = EmbeddedBroker(port or settings.broker.port, data_dir or settings.broker.data_dir)
     embedded.start()
     console.print(f"[green]Kafka ready[/] at [bold]{embedded.bootstrap_servers}[/] "
                   f"(data in {embedded.data_dir}); Ctrl-C stops it")
@@ -38,7 +38,7 @@ def broker(
 
 def init_db(ctx: typer.Context) -> None:
     """Create or upgrade the database schema (Alembic migrations)."""
-    url = settings_of(ctx).database_url.get_secret_value()
+    url = settings_of(ctx).database.url.get_secret_value()
     upgrade(url)
     console.print(f"[green]database ready[/] at {redact_url(url)}")
 

@@ -25,8 +25,8 @@ def main(
 ) -> None:
     configure_logging(verbose)
     ctx.ensure_object(dict)["settings"] = Settings().with_overrides(
-        kafka_bootstrap_servers=bootstrap_servers, database_url=database_url, redis_url=redis_url,
-        model_dir=model_dir,
+        kafka={"bootstrap_servers": bootstrap_servers}, database={"url": database_url},
+        cache={"redis_url": redis_url}, models={"dir": model_dir},
     )
 
 

@@ -10,19 +10,19 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
+from inference import registry
+from inference.runtime import ModelRuntime
 from rakuten_cli.context import console, settings_of
-from rakuten_stream import registry
 from rakuten_stream.database import make_engine, upgrade
 from rakuten_stream.datasets import DatasetError, load_dataset
 from rakuten_stream.kafka import ensure_topics
-from rakuten_stream.model_runtime import ModelRuntime
 from rakuten_stream.settings import Settings
 
 models_app = typer.Typer(help="The model registry: list, show and promote versions.", no_args_is_help=True)
 
 
 def _engine(settings: Settings):
-    url = settings.database_url.get_secret_value()
+    url = settings.database.url.get_secret_value()
     upgrade(url)
     return make_engine(url)
 
@@ -74,7 +74,7 @@ def run_training(settings: Settings, data: Path, out: Path | None = None, limit:
 
     engine = _engine(settings)
     _dataset(data, limit)  # a clear error before any work
-    config = TrainConfig(data=data, model_dir=out or settings.model_dir, limit=limit, use_e5=e5, use_image=image,
+    config = TrainConfig(data=data, model_dir=out or settings.models.dir, limit=limit, use_e5=e5, use_image=image,
                          e5_source=e5_source)
     with default_progress() as progress:
         progress.console.stderr = True
@@ -146,7 +146,7 @@ def score(
         console.print("[red]no production model: train one first (`rakuten-stream train --data DIR`)[/]")
         raise typer.Exit(2)
     dataset = _dataset(data, limit)
-    runtime = ModelRuntime(Path(row.artifact_dir), providers=settings.execution_provider)
+    runtime = ModelRuntime(Path(row.artifact_dir), providers=settings.inference.execution_provider)
     with Progress(console=console) as progress:
         task = progress.add_task(f"scoring {len(dataset.records)} rows with {runtime.version}",
                                  total=len(dataset.records))
@@ -175,13 +175,13 @@ def retrain_worker(
     from training.retrain_worker import RetrainWorker
 
     settings = settings_of(ctx)
-    data = data or settings.data_dir
+    data = data or settings.models.data_dir
     if data is None:
         console.print("[red]error:[/] give --data or set RAKUTEN_DATA_DIR")
         raise typer.Exit(2)
     from rakuten_stream.metrics import ServiceMetrics
 
-    ServiceMetrics().serve(settings.metrics_port)  # liveness for compose/Kubernetes health checks
+    ServiceMetrics().serve(settings.worker.metrics_port)  # liveness for compose/Kubernetes health checks
     worker = RetrainWorker(settings, _engine(settings), data, config_overrides={"use_e5": e5})
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.stop())
@@ -199,7 +199,7 @@ def request_retrain(ctx: typer.Context, reason: str = typer.Option("requested by
     ensure_topics(settings)
     request = RetrainRequest(request_id=uuid.uuid4().hex, reason=reason)
     producer = make_producer(settings)
-    producer.produce(settings.topic_retrain_requests, key=request.request_id.encode(), value=request.to_bytes())
+    producer.produce(settings.topics.retrain_requests, key=request.request_id.encode(), value=request.to_bytes())
     if producer.flush(15):
         console.print("[red]the request was not delivered[/]")
         raise typer.Exit(1)

@@ -29,10 +29,10 @@ from rich.table import Table
 from producers.json_lines import read_json_lines
 from producers.publisher import Publisher, PublishProgress, PublishSummary
 from rakuten_cli.context import console, settings_of
+from rakuten_stream.clients.lag import LagError, LagProbe, PartitionLag
+from rakuten_stream.clients.results import PredictionStream
 from rakuten_stream.datasets import DatasetError, load_categories, load_dataset
-from rakuten_stream.lag import LagError, LagProbe, PartitionLag
 from rakuten_stream.metrics import ServiceMetrics
-from rakuten_stream.results import PredictionStream
 from schemas import Prediction
 
 out = Console(highlight=False, soft_wrap=True)  # data goes to stdout, messages and progress to stderr
@@ -99,7 +99,7 @@ def publish(
             _fail(str(exc))
         records, total = dataset.records, len(dataset.records)
         origin = f"{dataset.path} ({dataset.layout} layout, {dataset.with_images} with images)"
-    console.print(f"publishing to [bold]{settings.topic_products}[/] at {settings.kafka_bootstrap_servers} "
+    console.print(f"publishing to [bold]{settings.topics.products}[/] at {settings.kafka.bootstrap_servers} "
                   f"from {origin}, images {images.value}" + (f", {rate:g} msg/s" if rate else ""), highlight=False,
                   soft_wrap=True)
 
@@ -130,7 +130,7 @@ def publish(
                 _fail("interrupted", 130)
             _fail(str(exc))
         except KafkaException as exc:
-            _fail(_kafka_problem(settings.kafka_bootstrap_servers, exc))
+            _fail(_kafka_problem(settings.kafka.bootstrap_servers, exc))
     _print_summary(summary)
     raise typer.Exit(1 if summary.failed else 0)
 
@@ -163,7 +163,7 @@ def results(
 ) -> None:
     """Print the predictions written by the workers, with category names."""
     settings = settings_of(ctx)
-    categories = load_categories(settings.data_dir)
+    categories = load_categories(settings.models.data_dir)
     group_id = group or f"rakuten-results-{uuid.uuid4().hex[:12]}"
     shown = 0
     try:
@@ -181,9 +181,9 @@ def results(
     except KeyboardInterrupt:
         skipped = 0
     except KafkaException as exc:
-        _fail(_kafka_problem(settings.kafka_bootstrap_servers, exc))
+        _fail(_kafka_problem(settings.kafka.bootstrap_servers, exc))
     note = f", {skipped} invalid message(s) skipped" if skipped else ""
-    console.print(f"{shown} prediction(s) from {settings.topic_predictions}{note}", highlight=False, soft_wrap=True)
+    console.print(f"{shown} prediction(s) from {settings.topics.predictions}{note}", highlight=False, soft_wrap=True)
 
 
 def _print_prediction(prediction: Prediction, categories: dict[int, str], output: OutputFormat) -> None:
@@ -210,8 +210,8 @@ def lag(
 ) -> None:
     """Consumer lag per partition (committed offset, high watermark, lag, time behind)."""
     settings = settings_of(ctx)
-    group_id = group or settings.worker_group_id
-    topic_name = topic or settings.topic_products
+    group_id = group or settings.worker.group_id
+    topic_name = topic or settings.topics.products
     if metrics_port is not None and watch is None:
         _fail("--metrics-port needs --watch (the gauge must be refreshed)")
     metrics = ServiceMetrics() if metrics_port is not None else None
@@ -262,7 +262,7 @@ def lag(
     except LagError as exc:
         _fail(str(exc))
     except KafkaException as exc:
-        _fail(_kafka_problem(settings.kafka_bootstrap_servers, exc))
+        _fail(_kafka_problem(settings.kafka.bootstrap_servers, exc))
     finally:
         for signum, previous in handlers.items():
             signal.signal(signum, previous)

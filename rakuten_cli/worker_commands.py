@@ -21,11 +21,11 @@ def worker(
     metrics_port: int = typer.Option(None, help="Prometheus port, 0 = off (RAKUTEN_METRICS_PORT)"),
 ) -> None:
     """Consume product listings, classify them in micro-batches, write predictions; SIGTERM stops cleanly."""
-    settings = settings_of(ctx).with_overrides(worker_group_id=group, worker_instance_id=instance_id,
-                                               batch_max_messages=batch_size, metrics_port=metrics_port)
-    upgrade(settings.database_url.get_secret_value())
+    settings = settings_of(ctx).with_overrides(worker={"group_id": group, "instance_id": instance_id,
+                                                       "batch_max_messages": batch_size, "metrics_port": metrics_port})
+    upgrade(settings.database.url.get_secret_value())
     metrics = ServiceMetrics()
-    metrics.serve(settings.metrics_port)
+    metrics.serve(settings.worker.metrics_port)
     running = Worker(settings, metrics)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: running.stop())
@@ -51,7 +51,7 @@ def replay(
     from stream_workers.replay import Replayer, ReplayError, plan_replay
 
     settings = settings_of(ctx)
-    upgrade(settings.database_url.get_secret_value())
+    upgrade(settings.database.url.get_secret_value())
     chosen = [int(p) for p in partitions.split(",")] if partitions else None
     try:
         plan = plan_replay(settings, from_, to, chosen, model_version)

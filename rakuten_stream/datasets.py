@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from rakuten_stream.artifacts import sha256_of
+from rakuten_stream.hashing import sha256_of
 
 CHALLENGE_X = ("X_train_update.csv", "X_test_update.csv", "X_train.csv", "X_test.csv")
 CHALLENGE_Y = ("Y_train_CVw08PX.csv", "Y_train.csv")

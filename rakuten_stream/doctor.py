@@ -21,7 +21,7 @@ class CheckResult:
 def check_kafka(settings: Settings, timeout_s: float = 3.0) -> CheckResult:
     from confluent_kafka.admin import AdminClient
 
-    target = settings.kafka_bootstrap_servers
+    target = settings.kafka.bootstrap_servers
     start = time.monotonic()
     admin = AdminClient(settings.kafka_config() | {"log_level": 0, "socket.connection.setup.timeout.ms": 2000})
     try:
@@ -30,7 +30,7 @@ def check_kafka(settings: Settings, timeout_s: float = 3.0) -> CheckResult:
         return CheckResult("kafka", False, target, f"unreachable: {exc}",
                            "start the embedded broker with `rakuten-stream broker`, or set "
                            "RAKUTEN_KAFKA_BOOTSTRAP_SERVERS to your cluster", time.monotonic() - start)
-    ours = [t for t in (settings.topic_products, settings.topic_predictions, settings.topic_dead_letters)
+    ours = [t for t in (settings.topics.products, settings.topics.predictions, settings.topics.dead_letters)
             if t in metadata.topics]
     detail = f"{len(metadata.brokers)} broker(s), {len(metadata.topics)} topics ({len(ours)}/3 service topics)"
     advice = "" if len(ours) == 3 else "topics are created by the worker, `publish` or `demo` on first use"
@@ -42,7 +42,7 @@ def check_database(settings: Settings, timeout_s: float = 3.0) -> CheckResult:
 
     from rakuten_stream.database import make_engine, table_names
 
-    url = settings.database_url.get_secret_value()
+    url = settings.database.url.get_secret_value()
     target = redact_url(url)
     start = time.monotonic()
     connect_args = {"connect_timeout": int(max(1, timeout_s))} if url.startswith("postgres") else {}
@@ -68,7 +68,7 @@ def check_database(settings: Settings, timeout_s: float = 3.0) -> CheckResult:
 def check_redis(settings: Settings, timeout_s: float = 2.0) -> CheckResult:
     import redis
 
-    url = settings.redis_url.get_secret_value()
+    url = settings.cache.redis_url.get_secret_value()
     start = time.monotonic()
     try:
         client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)

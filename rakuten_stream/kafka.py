@@ -25,7 +25,7 @@ def make_producer(settings: Settings, **overrides: object) -> Producer:
         "acks": "all",
         "linger.ms": 5,
         "compression.type": "lz4",
-        "message.max.bytes": settings.topic_max_message_bytes,
+        "message.max.bytes": settings.topics.max_message_bytes,
     }
     config.update(overrides)
     return Producer(config)
@@ -38,10 +38,10 @@ def make_consumer(settings: Settings, group_id: str, **overrides: object) -> Con
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
-        "max.poll.interval.ms": settings.max_poll_interval_ms,
-        "session.timeout.ms": settings.session_timeout_ms,
-        "fetch.max.bytes": max(52_428_800, settings.topic_max_message_bytes),
-        "max.partition.fetch.bytes": settings.topic_max_message_bytes,
+        "max.poll.interval.ms": settings.worker.max_poll_interval_ms,
+        "session.timeout.ms": settings.worker.session_timeout_ms,
+        "fetch.max.bytes": max(52_428_800, settings.topics.max_message_bytes),
+        "max.partition.fetch.bytes": settings.topics.max_message_bytes,
     }
     config.update(overrides)
     return Consumer(config)
@@ -60,17 +60,17 @@ class TopicSpec:
 
 def service_topics(settings: Settings) -> list[TopicSpec]:
     """Every topic the service reads or writes, with its partitioning and retention."""
-    p = settings.topic_partitions
-    big = {"max.message.bytes": str(settings.topic_max_message_bytes)}
+    p = settings.topics.partitions
+    big = {"max.message.bytes": str(settings.topics.max_message_bytes)}
     return [
-        TopicSpec(settings.topic_products, p, big),
-        TopicSpec(settings.topic_predictions, p, {}),
-        TopicSpec(settings.topic_labels, p, {}),
-        TopicSpec(settings.topic_dead_letters, p, big),
+        TopicSpec(settings.topics.products, p, big),
+        TopicSpec(settings.topics.predictions, p, {}),
+        TopicSpec(settings.topics.labels, p, {}),
+        TopicSpec(settings.topics.dead_letters, p, big),
         # the latest promoted version per key is all that matters: compact it
-        TopicSpec(settings.topic_model_updates, 1, {"cleanup.policy": "compact"}),
-        TopicSpec(settings.topic_retrain_requests, 1, {}),
-        TopicSpec(settings.topic_drift_reports, 1, {}),
+        TopicSpec(settings.topics.model_updates, 1, {"cleanup.policy": "compact"}),
+        TopicSpec(settings.topics.retrain_requests, 1, {}),
+        TopicSpec(settings.topics.drift_reports, 1, {}),
     ]
 
 
@@ -80,7 +80,7 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec] | None = None, 
     specs = list(specs if specs is not None else service_topics(settings))
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     missing = [
-        NewTopic(s.name, num_partitions=s.partitions, replication_factor=settings.topic_replication_factor,
+        NewTopic(s.name, num_partitions=s.partitions, replication_factor=settings.topics.replication_factor,
                  config=s.config)
         for s in specs if s.name not in existing
     ]

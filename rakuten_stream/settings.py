@@ -1,103 +1,210 @@
-"""One typed settings object for every part of the service.
+"""One typed settings object for every part of the service, in named groups.
 
-Every value reads from a ``RAKUTEN_*`` environment variable (or a ``.env`` file) and can be
-overridden by CLI flags through :meth:`Settings.with_overrides`. Secrets are ``SecretStr`` and
-never appear in ``repr``/logs; :meth:`Settings.redacted` gives a printable view.
+``Settings`` holds one small settings class per concern (``kafka``, ``topics``, ``broker``,
+``database``, ``cache``, ``models``, ``worker``, ``images``, ``inference``) and is passed whole.
+Every value reads from a ``RAKUTEN_*`` environment variable (or a ``.env`` file): a group's prefix
+plus the field name (``RAKUTEN_KAFKA_BOOTSTRAP_SERVERS``, ``RAKUTEN_TOPIC_PRODUCTS``), except where
+a field names its variable itself (``RAKUTEN_REDIS_URL``, ``RAKUTEN_BATCH_MAX_MESSAGES``). CLI flags
+override values through :meth:`Settings.with_overrides`. Secrets are ``SecretStr`` and never appear
+in ``repr``/logs; :meth:`Settings.redacted` gives a printable view.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="RAKUTEN_", env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
-    )
+def _group(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, env_file=".env", env_file_encoding="utf-8", extra="ignore",
+                              frozen=True, populate_by_name=True)
 
-    # --- Kafka -----------------------------------------------------------------------------
-    kafka_bootstrap_servers: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers")
-    kafka_extra: dict[str, str] = Field(
-        default_factory=dict,
-        repr=False,
+
+def _env(field: str, variable: str) -> AliasChoices:
+    """A field read from a variable outside its group's prefix (kept for stable names)."""
+    return AliasChoices(field, variable)
+
+
+class KafkaSettings(BaseSettings):
+    model_config = _group("RAKUTEN_KAFKA_")
+
+    bootstrap_servers: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers")
+    extra: dict[str, str] = Field(
+        default_factory=dict, repr=False,
         description="Extra librdkafka settings (JSON), e.g. security.protocol, sasl.mechanism, ssl.ca.location",
     )
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
-    topic_products: str = "products.v1"
-    topic_predictions: str = "predictions.v1"
-    topic_labels: str = "labels.v1"
-    topic_dead_letters: str = "dlq.v1"
-    topic_model_updates: str = "model-updates.v1"
-    topic_retrain_requests: str = "retrain-requests.v1"
-    topic_drift_reports: str = "drift-reports.v1"
-    topic_partitions: int = Field(4, ge=1)
-    topic_replication_factor: int = Field(1, ge=1)
-    topic_max_message_bytes: int = Field(4_194_304, description="max.message.bytes of the products topic")
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
 
-    # --- Embedded broker (development, tests, the zero-setup demo) ---------------------------
-    broker_port: int = 19092
-    broker_data_dir: Path = Path("var/broker")
+    def client_config(self) -> dict[str, str]:
+        """librdkafka settings common to producers, consumers and admin clients."""
+        config: dict[str, str] = {"bootstrap.servers": self.bootstrap_servers}
+        config.update(self.extra)
+        if self.sasl_username:
+            config["sasl.username"] = self.sasl_username
+        if self.sasl_password is not None:
+            config["sasl.password"] = self.sasl_password.get_secret_value()
+        return config
 
-    # --- Storage -------------------------------------------------------------------------------
-    database_url: SecretStr = SecretStr("sqlite:///var/rakuten-stream.db")
-    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
-    cache_enabled: bool = True
-    cache_ttl_seconds: int = 7 * 24 * 3600
-    model_dir: Path = Path("var/models")
-    report_dir: Path = Path("var/reports")
-    data_dir: Path | None = Field(None, description="Rakuten data folder (challenge or flat layout)")
 
-    # --- Worker --------------------------------------------------------------------------------
-    worker_group_id: str = "rakuten-workers"
-    worker_instance_id: str | None = Field(None, description="static group.instance.id; defaults to host-pid")
-    batch_max_messages: int = Field(64, ge=1)
-    batch_max_wait_ms: int = Field(200, ge=1)
-    max_poll_interval_ms: int = Field(300_000, ge=10_000)
-    session_timeout_ms: int = Field(45_000, ge=6_000)
-    max_image_bytes: int = Field(5_000_000, ge=1)
-    image_fetch_timeout_s: float = Field(5.0, gt=0)
+class TopicSettings(BaseSettings):
+    model_config = _group("RAKUTEN_TOPIC_")
+
+    products: str = "products.v1"
+    predictions: str = "predictions.v1"
+    labels: str = "labels.v1"
+    dead_letters: str = "dlq.v1"
+    model_updates: str = "model-updates.v1"
+    retrain_requests: str = "retrain-requests.v1"
+    drift_reports: str = "drift-reports.v1"
+    partitions: int = Field(4, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    max_message_bytes: int = Field(4_194_304, description="max.message.bytes of the products topic")
+
+
+class EmbeddedBrokerSettings(BaseSettings):
+    """The embedded broker of development, the tests and the zero-setup demo."""
+
+    model_config = _group("RAKUTEN_BROKER_")
+
+    port: int = 19092
+    data_dir: Path = Path("var/broker")
+
+
+class DatabaseSettings(BaseSettings):
+    model_config = _group("RAKUTEN_DATABASE_")
+
+    url: SecretStr = SecretStr("sqlite:///var/rakuten-stream.db")
+
+
+class CacheSettings(BaseSettings):
+    model_config = _group("RAKUTEN_CACHE_")
+
+    redis_url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"),
+                                 validation_alias=_env("redis_url", "RAKUTEN_REDIS_URL"))
+    enabled: bool = True
+    ttl_seconds: int = 7 * 24 * 3600
+
+
+class ModelStoreSettings(BaseSettings):
+    model_config = _group("RAKUTEN_MODEL_")
+
+    dir: Path = Path("var/models")
+    report_dir: Path = Field(Path("var/reports"), validation_alias=_env("report_dir", "RAKUTEN_REPORT_DIR"))
+    data_dir: Path | None = Field(None, validation_alias=_env("data_dir", "RAKUTEN_DATA_DIR"),
+                                  description="Rakuten data folder (challenge or flat layout)")
+
+
+class WorkerSettings(BaseSettings):
+    model_config = _group("RAKUTEN_WORKER_")
+
+    group_id: str = "rakuten-workers"
+    instance_id: str | None = Field(None, description="static group.instance.id; defaults to host-pid")
+    batch_max_messages: int = Field(64, ge=1, validation_alias=_env("batch_max_messages", "RAKUTEN_BATCH_MAX_MESSAGES"))
+    batch_max_wait_ms: int = Field(200, ge=1, validation_alias=_env("batch_max_wait_ms", "RAKUTEN_BATCH_MAX_WAIT_MS"))
+    max_poll_interval_ms: int = Field(300_000, ge=10_000,
+                                      validation_alias=_env("max_poll_interval_ms", "RAKUTEN_MAX_POLL_INTERVAL_MS"))
+    session_timeout_ms: int = Field(45_000, ge=6_000,
+                                    validation_alias=_env("session_timeout_ms", "RAKUTEN_SESSION_TIMEOUT_MS"))
+    metrics_port: int = Field(9108, ge=0, validation_alias=_env("metrics_port", "RAKUTEN_METRICS_PORT"),
+                              description="Prometheus port; 0 disables the endpoint")
+
+
+class ImageSettings(BaseSettings):
+    model_config = _group("RAKUTEN_IMAGE_")
+
+    max_bytes: int = Field(5_000_000, ge=1, validation_alias=_env("max_bytes", "RAKUTEN_MAX_IMAGE_BYTES"))
+    fetch_timeout_s: float = Field(5.0, gt=0)
+
+
+class InferenceSettings(BaseSettings):
+    model_config = _group("RAKUTEN_")
+
     onnx_threads: int = Field(0, ge=0, description="intra-op threads per session; 0 lets onnxruntime choose")
     execution_provider: Literal["auto", "cpu", "cuda"] = "auto"
     top_k: int = Field(3, ge=1)
-    metrics_port: int = Field(9108, ge=0, description="Prometheus port; 0 disables the endpoint")
 
-    # --- Helpers -------------------------------------------------------------------------------
-    def with_overrides(self, **overrides: Any) -> Settings:
-        """A copy with the given (non-None) values replaced, validated like the environment."""
-        values = {k: v for k, v in overrides.items() if v is not None}
-        if not values:
-            return self
-        merged = self.model_dump() | values
-        return Settings.model_validate(merged)
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAKUTEN_SETTINGS_", extra="ignore", frozen=True)
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    broker: EmbeddedBrokerSettings = Field(default_factory=EmbeddedBrokerSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    models: ModelStoreSettings = Field(default_factory=ModelStoreSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    images: ImageSettings = Field(default_factory=ImageSettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
+
+    def with_overrides(self, **groups: dict[str, Any] | None) -> Settings:
+        """A copy with values replaced, validated like the environment:
+        ``settings.with_overrides(worker={"instance_id": "a"}, cache={"enabled": False})``.
+        A None value (group or field) keeps what is there, so CLI flags can be passed as they are."""
+        merged = self.model_dump()
+        changed = False
+        for group, values in groups.items():
+            if group not in merged:
+                raise ValueError(f"no settings group {group!r}")
+            kept = {k: v for k, v in (values or {}).items() if v is not None}
+            if kept:
+                merged[group] = merged[group] | kept
+                changed = True
+        return Settings.model_validate(merged) if changed else self
+
+    @classmethod
+    def environment_names(cls) -> set[str]:
+        """Every ``RAKUTEN_*`` variable the settings read."""
+        return {_variable(group.annotation, name) for group in cls.model_fields.values()
+                for name in group.annotation.model_fields}
+
+    def as_environment(self) -> dict[str, str]:
+        """The ``RAKUTEN_*`` variables that reproduce these settings (for a subprocess); holds secrets."""
+        env: dict[str, str] = {}
+        for group_name in type(self).model_fields:
+            group = getattr(self, group_name)
+            for name in type(group).model_fields:
+                value = getattr(group, name)
+                if value is None:
+                    continue
+                if isinstance(value, SecretStr):
+                    value = value.get_secret_value()
+                elif isinstance(value, dict):
+                    value = json.dumps(value)
+                env[_variable(type(group), name)] = str(value)
+        return env
 
     def kafka_config(self) -> dict[str, str]:
-        """librdkafka settings common to producers, consumers and admin clients."""
-        config: dict[str, str] = {"bootstrap.servers": self.kafka_bootstrap_servers}
-        config.update(self.kafka_extra)
-        if self.kafka_sasl_username:
-            config["sasl.username"] = self.kafka_sasl_username
-        if self.kafka_sasl_password is not None:
-            config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
-        return config
+        return self.kafka.client_config()
 
-    def redacted(self) -> dict[str, Any]:
+    def redacted(self) -> dict[str, dict[str, Any]]:
         """Settings as a dict safe to print: secrets and URL passwords masked."""
-        out: dict[str, Any] = {}
-        for key, value in self.model_dump().items():
-            if isinstance(value, SecretStr):
-                value = redact_url(value.get_secret_value()) if key.endswith("_url") else "**********"
-            elif key == "kafka_extra":
-                value = {k: ("**********" if _is_secret_key(k) else v) for k, v in value.items()}
-            elif isinstance(value, Path):
-                value = str(value)
-            out[key] = value
+        out: dict[str, dict[str, Any]] = {}
+        for group, values in self.model_dump().items():
+            shown: dict[str, Any] = {}
+            for key, value in values.items():
+                if isinstance(value, SecretStr):
+                    value = redact_url(value.get_secret_value()) if key.endswith("url") else "**********"
+                elif key == "extra" and isinstance(value, dict):
+                    value = {k: ("**********" if _is_secret_key(k) else v) for k, v in value.items()}
+                elif isinstance(value, Path):
+                    value = str(value)
+                shown[key] = value
+            out[group] = shown
         return out
+
+
+def _variable(group: type[BaseSettings], name: str) -> str:
+    alias = group.model_fields[name].validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[-1])
+    return f"{group.model_config.get('env_prefix', '')}{name}".upper()
 
 
 def _is_secret_key(key: str) -> bool:

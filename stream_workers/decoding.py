@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from rakuten_stream.image_preprocessing import ImageDecodeError, decode_image
-from rakuten_stream.text_cleaning import ListingText
+from inference.features.images import ImageDecodeError, decode_image
+from inference.features.text_cleaning import ListingText
 from schemas import MessageError, ProductListing
 from stream_workers.image_sources import ImageFetchError, fetch_many
 

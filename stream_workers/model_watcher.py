@@ -17,9 +17,9 @@ from pathlib import Path
 from confluent_kafka import TopicPartition
 from sqlalchemy import Engine
 
-from rakuten_stream import registry
+from inference import registry
+from inference.runtime import ModelRuntime
 from rakuten_stream.kafka import make_consumer
-from rakuten_stream.model_runtime import ModelRuntime
 from rakuten_stream.settings import Settings
 from schemas import MessageError, ModelUpdate
 
@@ -40,7 +40,7 @@ class ModelWatcher:
         self._consumer = None
         self.check_every_s = check_every_s
         self._last_check = 0.0
-        self._partition = TopicPartition(settings.topic_model_updates, 0)
+        self._partition = TopicPartition(settings.topics.model_updates, 0)
         self._next_offset = 0
         if pinned_version is None:
             # a private, commit-less reader of the control topic: every worker sees every update
@@ -48,8 +48,8 @@ class ModelWatcher:
                                            **{"enable.partition.eof": False})
 
     def load(self, artifact_dir: Path | str) -> ModelRuntime:
-        return ModelRuntime(Path(artifact_dir), providers=self.settings.execution_provider,
-                            threads=self.settings.onnx_threads, session_cache=self._sessions)
+        return ModelRuntime(Path(artifact_dir), providers=self.settings.inference.execution_provider,
+                            threads=self.settings.inference.onnx_threads, session_cache=self._sessions)
 
     def initial(self) -> ModelRuntime:
         if self.pinned_version is not None:

@@ -23,9 +23,9 @@ from rakuten_stream.database import make_engine
 from rakuten_stream.kafka import make_consumer, make_producer
 from rakuten_stream.metrics import ServiceMetrics
 from rakuten_stream.settings import Settings
-from stream_workers.batch_cycle import run_batch
+from stream_workers.batch import BatchProcessor
+from stream_workers.checkpoint import run_batch
 from stream_workers.model_watcher import ModelWatcher
-from stream_workers.processor import BatchProcessor
 from stream_workers.sinks import ResultWriter
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def parse_position(spec: str) -> tuple[str, int]:
 
 def plan_replay(settings: Settings, from_spec: str, to_spec: str = "end", partitions: Sequence[int] | None = None,
                 model_version: str | None = None) -> ReplayPlan:
-    topic = settings.topic_products
+    topic = settings.topics.products
     probe = make_consumer(settings, group_id="replay-planner")
     try:
         metadata = probe.list_topics(topic, timeout=10).topics.get(topic)
@@ -130,18 +130,17 @@ class Replayer:
 
     def run(self, progress: Callable[[ReplayStats], None] | None = None) -> ReplayStats:
         s = self.settings
-        engine = make_engine(s.database_url.get_secret_value())
+        engine = make_engine(s.database.url.get_secret_value())
         watcher = ModelWatcher(s, engine, pinned_version=self.model_version)
         runtime = watcher.initial()
         watcher.close()  # a replay keeps one version from start to end
         stats = ReplayStats(model_version=runtime.version)
-        cache = PredictionCache(s.redis_url.get_secret_value() if s.cache_enabled else None, s.cache_ttl_seconds)
-        processor = BatchProcessor(runtime, cache, self.metrics, s.max_image_bytes, s.image_fetch_timeout_s, s.top_k,
-                                   self.plan.group_id)
+        cache = PredictionCache(s.cache.redis_url.get_secret_value() if s.cache.enabled else None, s.cache.ttl_seconds)
+        processor = BatchProcessor(runtime, cache, self.metrics, s, self.plan.group_id)
         producer = make_producer(s)
-        writer = ResultWriter(producer, engine, s.topic_predictions, s.topic_dead_letters)
+        writer = ResultWriter(producer, engine, s.topics.predictions, s.topics.dead_letters)
         consumer = make_consumer(s, self.plan.group_id)
-        topic = s.topic_products
+        topic = s.topics.products
         try:
             committed = consumer.committed([TopicPartition(topic, p) for p in self.plan.start], timeout=10)
             position = {tp.partition: max(self.plan.start[tp.partition], tp.offset if tp.offset >= 0 else 0)
@@ -151,7 +150,7 @@ class Replayer:
                              for p in active])
             stats.remaining = sum(self.plan.end[p] - position[p] for p in active)
             while active and not self._stop.is_set():
-                messages = [m for m in consumer.consume(s.batch_max_messages, timeout=0.5) if not m.error()]
+                messages = [m for m in consumer.consume(s.worker.batch_max_messages, timeout=0.5) if not m.error()]
                 in_range = [m for m in messages
                             if m.partition() in active and m.offset() < self.plan.end[m.partition()]]
                 if in_range:

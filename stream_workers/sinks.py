@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from rakuten_stream.database import session_scope, upsert
 from rakuten_stream.kafka import DeliveryTracker, produce_with_backpressure
 from schemas.tables import PredictionRow
-from stream_workers.processor import BatchOutcome
+from stream_workers.batch import BatchOutcome
 
 
 class SinkError(RuntimeError):

@@ -29,9 +29,9 @@ from rakuten_stream.database import make_engine
 from rakuten_stream.kafka import ensure_topics, make_consumer, make_producer
 from rakuten_stream.metrics import ServiceMetrics
 from rakuten_stream.settings import Settings
-from stream_workers.batch_cycle import PipelinedCycle
+from stream_workers.batch import BatchOutcome, BatchProcessor
+from stream_workers.checkpoint import PipelinedCycle
 from stream_workers.model_watcher import ModelWatcher
-from stream_workers.processor import BatchOutcome, BatchProcessor
 from stream_workers.sinks import ResultWriter
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,10 @@ class Worker:
                  on_batch: Callable[[BatchOutcome], None] | None = None, retry_pause_s: float = 2.0) -> None:
         self.settings = settings
         self.metrics = metrics or ServiceMetrics()
-        self.engine = engine or make_engine(settings.database_url.get_secret_value())
+        self.engine = engine or make_engine(settings.database.url.get_secret_value())
         self.on_batch = on_batch
         self.retry_pause_s = retry_pause_s
-        self.instance_id = settings.worker_instance_id or default_instance_id()
+        self.instance_id = settings.worker.instance_id or default_instance_id()
         self.stats = WorkerStats()
         self._stop = threading.Event()
         self._assigned: set[tuple[str, int]] = set()
@@ -88,32 +88,32 @@ class Worker:
         watcher = ModelWatcher(s, self.engine)
         runtime = watcher.initial()
         self._activate(runtime)
-        cache = PredictionCache(s.redis_url.get_secret_value() if s.cache_enabled else None, s.cache_ttl_seconds)
+        cache = PredictionCache(s.cache.redis_url.get_secret_value() if s.cache.enabled else None, s.cache.ttl_seconds)
         cache_up = cache.ping()
-        if s.cache_enabled and not cache_up:
-            log.warning("Redis at %s does not answer: running without the prediction cache", s.redis_url)
+        if s.cache.enabled and not cache_up:
+            log.warning("Redis at %s does not answer: running without the prediction cache", s.cache.redis_url)
         self.metrics.cache_available.set(1 if cache_up else 0)
-        processor = BatchProcessor(runtime, cache, self.metrics, s.max_image_bytes, s.image_fetch_timeout_s,
-                                   s.top_k, self.instance_id)
+        processor = BatchProcessor(runtime, cache, self.metrics, s, self.instance_id)
         producer = make_producer(s)
-        writer = ResultWriter(producer, self.engine, s.topic_predictions, s.topic_dead_letters)
-        consumer = make_consumer(s, s.worker_group_id, **{
+        writer = ResultWriter(producer, self.engine, s.topics.predictions, s.topics.dead_letters)
+        consumer = make_consumer(s, s.worker.group_id, **{
             "group.instance.id": self.instance_id,
             "partition.assignment.strategy": "cooperative-sticky",
             # prefetch about two batches, not librdkafka's 100k messages: bounded memory, and no
             # fetch traffic while a full local queue waits for the model (empty fetches on a drained
             # topic are the broker's to hold; the embedded broker answers them at once)
-            "queued.min.messages": 2 * s.batch_max_messages,
+            "queued.min.messages": 2 * s.worker.batch_max_messages,
             "fetch.queue.backoff.ms": 20,
         })
         self._cycle = PipelinedCycle(consumer, processor, writer, self.metrics, on_stored=self._record)
-        consumer.subscribe([s.topic_products], on_assign=self._on_assign, on_revoke=self._on_revoke,
+        consumer.subscribe([s.topics.products], on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_lost)
-        log.info("worker %s consuming %s in group %s with model %s on %s", self.instance_id, s.topic_products,
-                 s.worker_group_id, runtime.version, runtime.provider)
+        log.info("worker %s consuming %s in group %s with model %s on %s", self.instance_id, s.topics.products,
+                 s.worker.group_id, runtime.version, runtime.provider)
         try:
             while not self._stop.is_set():
-                messages = consumer.consume(num_messages=s.batch_max_messages, timeout=s.batch_max_wait_ms / 1000)
+                messages = consumer.consume(num_messages=s.worker.batch_max_messages,
+                                            timeout=s.worker.batch_max_wait_ms / 1000)
                 update = watcher.poll()
                 if update is not None and update.version != processor.runtime.version:
                     processor.runtime = watcher.load(update.artifact_dir)
@@ -136,7 +136,7 @@ class Worker:
     # --- one batch -----------------------------------------------------------------------------
     def _handle(self, messages: list) -> None:
         self.metrics.batch_size.observe(len(messages))
-        self.metrics.messages_in.labels(topic=self.settings.topic_products).inc(len(messages))
+        self.metrics.messages_in.labels(topic=self.settings.topics.products).inc(len(messages))
         if not self._cycle.submit(messages):
             self.stats.retries += 1
             self._stop.wait(self.retry_pause_s)
@@ -197,6 +197,6 @@ class Worker:
             for tp in committed:
                 _, high = consumer.get_watermark_offsets(tp, timeout=2, cached=False)
                 lag = high - tp.offset if tp.offset >= 0 else high
-                self.metrics.consumer_lag.labels(self.settings.worker_group_id, tp.topic, str(tp.partition)).set(lag)
+                self.metrics.consumer_lag.labels(self.settings.worker.group_id, tp.topic, str(tp.partition)).set(lag)
         except Exception as exc:  # lag is informative only
             log.debug("lag export failed: %s", exc)

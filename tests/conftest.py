@@ -18,7 +18,7 @@ import pytest
 
 from rakuten_stream.embedded_broker import EmbeddedBroker, free_port
 from rakuten_stream.settings import Settings
-from tests.helpers import DATA_DIR
+from tests.helpers import DATA_DIR, missing_data
 
 POSTGRES_ADMIN_URL = os.environ.get("RAKUTEN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_TEST_URL = os.environ.get("RAKUTEN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -77,29 +77,28 @@ def settings(kafka_bootstrap: str, tmp_path: Path, redis_url: str) -> Settings:
     """Settings of one test: its own topics, consumer group, model dir and SQLite database."""
     run = uuid.uuid4().hex[:8]
     return Settings(
-        kafka_bootstrap_servers=kafka_bootstrap,
-        topic_products=f"products.v1.{run}",
-        topic_predictions=f"predictions.v1.{run}",
-        topic_labels=f"labels.v1.{run}",
-        topic_dead_letters=f"dlq.v1.{run}",
-        topic_model_updates=f"model-updates.v1.{run}",
-        topic_retrain_requests=f"retrain-requests.v1.{run}",
-        topic_drift_reports=f"drift-reports.v1.{run}",
-        topic_partitions=2,
-        worker_group_id=f"workers-{run}",
-        database_url=f"sqlite:///{tmp_path / 'rakuten.db'}",
-        redis_url=redis_url,
-        model_dir=tmp_path / "models",
-        report_dir=tmp_path / "reports",
-        metrics_port=0,
-        batch_max_wait_ms=100,
+        kafka={"bootstrap_servers": kafka_bootstrap},
+        topics={
+            "products": f"products.v1.{run}",
+            "predictions": f"predictions.v1.{run}",
+            "labels": f"labels.v1.{run}",
+            "dead_letters": f"dlq.v1.{run}",
+            "model_updates": f"model-updates.v1.{run}",
+            "retrain_requests": f"retrain-requests.v1.{run}",
+            "drift_reports": f"drift-reports.v1.{run}",
+            "partitions": 2,
+        },
+        worker={"group_id": f"workers-{run}", "metrics_port": 0, "batch_max_wait_ms": 100},
+        database={"url": f"sqlite:///{tmp_path / 'rakuten.db'}"},
+        cache={"redis_url": redis_url},
+        models={"dir": tmp_path / "models", "report_dir": tmp_path / "reports"},
     )
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not (DATA_DIR / "products.csv").is_file():
-        pytest.skip(f"Rakuten sample not found at {DATA_DIR} (set RAKUTEN_DATA_DIR)")
+        missing_data(f"Rakuten sample not found at {DATA_DIR} (set RAKUTEN_DATA_DIR)")
     return DATA_DIR
 
 

@@ -67,7 +67,7 @@ def k8s() -> dict[str, dict]:
 
 
 def setting_names() -> set[str]:
-    return {f"RAKUTEN_{name.upper()}" for name in Settings.model_fields}
+    return Settings.environment_names()
 
 
 # -- docker-compose ---------------------------------------------------------------------------------
@@ -95,7 +95,7 @@ def test_kafka_is_a_single_kraft_node_reachable_as_kafka_9092(compose):
     assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
     assert "kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
     assert re.fullmatch(r"[A-Za-z0-9_-]{22}", env["CLUSTER_ID"]), "CLUSTER_ID must be a base64 UUID"
-    assert int(env["KAFKA_MESSAGE_MAX_BYTES"]) >= Settings().topic_max_message_bytes
+    assert int(env["KAFKA_MESSAGE_MAX_BYTES"]) >= Settings().topics.max_message_bytes
 
 
 def test_our_services_are_configured_through_settings_they_read(our_services):

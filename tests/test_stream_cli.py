@@ -28,11 +28,11 @@ runner = CliRunner()
 def env(settings) -> dict[str, str | None]:
     """The test's settings as the RAKUTEN_* environment the CLI reads."""
     return {
-        "RAKUTEN_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "RAKUTEN_TOPIC_PRODUCTS": settings.topic_products,
-        "RAKUTEN_TOPIC_PREDICTIONS": settings.topic_predictions,
-        "RAKUTEN_TOPIC_PARTITIONS": str(settings.topic_partitions),
-        "RAKUTEN_WORKER_GROUP_ID": settings.worker_group_id,
+        "RAKUTEN_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "RAKUTEN_TOPIC_PRODUCTS": settings.topics.products,
+        "RAKUTEN_TOPIC_PREDICTIONS": settings.topics.predictions,
+        "RAKUTEN_TOPIC_PARTITIONS": str(settings.topics.partitions),
+        "RAKUTEN_WORKER_GROUP_ID": settings.worker.group_id,
         "RAKUTEN_DATA_DIR": None,  # the built-in category names
     }
 
@@ -66,14 +66,14 @@ def test_publish_a_flat_sample_fills_the_topic_and_prints_a_summary(settings, en
 
     assert result.exit_code == 0, result.output
     assert "sent 50, failed 0" in result.output and "msg/s" in result.output
-    assert len(topic_messages(settings, settings.topic_products)) == 50
+    assert len(topic_messages(settings, settings.topics.products)) == 50
 
 
 def test_publish_with_uri_images_sends_file_uris(settings, env, data_dir):
     result = cli(env, "publish", "--data", str(data_dir), "--limit", "3", "--images", "uri")
 
     assert result.exit_code == 0, result.output
-    listings = [ProductListing.from_bytes(m.value()) for m in topic_messages(settings, settings.topic_products)]
+    listings = [ProductListing.from_bytes(m.value()) for m in topic_messages(settings, settings.topics.products)]
     assert len(listings) == 3
     assert all(listing.image.uri.startswith(f"file://{data_dir.resolve()}/") for listing in listings)
 
@@ -83,7 +83,7 @@ def test_publish_reads_json_lines_from_stdin(settings, env):
     result = cli(env, "publish", "--data", "-", stdin=lines)
 
     assert result.exit_code == 0, result.output
-    assert sorted(m.key() for m in topic_messages(settings, settings.topic_products)) == [b"1", b"2", b"3"]
+    assert sorted(m.key() for m in topic_messages(settings, settings.topics.products)) == [b"1", b"2", b"3"]
 
 
 def test_publish_a_missing_folder_is_a_clear_error(env, tmp_path):
@@ -109,7 +109,7 @@ def test_publish_stops_at_a_malformed_line_after_sending_the_lines_before_it(set
 
     assert result.exit_code == 2
     assert "<stdin>:2: not JSON" in result.output and "sent 1" in result.output
-    assert len(topic_messages(settings, settings.topic_products)) == 1
+    assert len(topic_messages(settings, settings.topics.products)) == 1
 
 
 # -- lag ----------------------------------------------------------------------------------------------
@@ -120,12 +120,12 @@ def half_read(settings) -> str:
     producer = make_producer(settings)
     for partition, count in ((0, 5), (1, 2)):
         for _ in range(count):
-            producer.produce(settings.topic_products, value=b"{}", partition=partition)
+            producer.produce(settings.topics.products, value=b"{}", partition=partition)
     assert producer.flush(10) == 0
-    consumer = make_consumer(settings, settings.worker_group_id)
-    consumer.commit(offsets=[TopicPartition(settings.topic_products, 0, 3)], asynchronous=False)
+    consumer = make_consumer(settings, settings.worker.group_id)
+    consumer.commit(offsets=[TopicPartition(settings.topics.products, 0, 3)], asynchronous=False)
     consumer.close()
-    return settings.worker_group_id
+    return settings.worker.group_id
 
 
 def test_lag_prints_the_lag_of_each_partition(env, half_read):
@@ -164,7 +164,7 @@ def test_lag_watch_serves_the_gauge_until_interrupted(env, half_read, settings):
         first, second = json.loads(process.stdout.readline()), json.loads(process.stdout.readline())
         assert first["total_lag"] == second["total_lag"] == 4
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        assert (f'rakuten_consumer_lag{{group="{half_read}",partition="0",topic="{settings.topic_products}"}} 2.0'
+        assert (f'rakuten_consumer_lag{{group="{half_read}",partition="0",topic="{settings.topics.products}"}} 2.0'
                 in metrics)
     finally:
         process.send_signal(signal.SIGINT)
@@ -180,7 +180,7 @@ def predictions(settings, *codes: int) -> None:
         p = Prediction(productid=i, prdtypecode=code, category=str(code), confidence=0.8,
                        top_k=[CategoryScore(prdtypecode=code, category=str(code), probability=0.8)],
                        model_version="v1", modalities=["text_tfidf", "image"], predicted_at=datetime.now(UTC))
-        producer.produce(settings.topic_predictions, key=str(i).encode(), value=p.to_bytes())
+        producer.produce(settings.topics.predictions, key=str(i).encode(), value=p.to_bytes())
     assert producer.flush(10) == 0
 
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from rakuten_stream.artifacts import sha256_of
 from rakuten_stream.database import session_scope, upsert
 from rakuten_stream.datasets import Dataset
+from rakuten_stream.hashing import sha256_of
 from schemas.tables import DatasetSnapshot, Product
 
 

@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, log_loss
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from rakuten_stream.fusion import fuse_weighted, safe_log, stacker_features
+from inference.fusion import fuse_weighted, safe_log, stacker_features
 
 
 @dataclass

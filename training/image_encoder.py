@@ -14,7 +14,7 @@ EfficientNet-PyTorch) replaces the Lite models' ReLU6 by Swish and silently
 changes every output. timm avoids the problem.
 
 Training exports the encoder once with :func:`export_onnx`; the stream workers
-only ever run that ONNX graph, after :mod:`rakuten_stream.image_preprocessing`.
+only ever run that ONNX graph, after :mod:`inference.features.images`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import onnxruntime as ort
 import timm
 import torch
 
-from rakuten_stream.image_preprocessing import (
+from inference.features.images import (
     ImageDecodeError,
     ImagePreprocessing,
     decode_image,

@@ -19,12 +19,14 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sklearn.model_selection import train_test_split
 
-from rakuten_stream.artifacts import E5Spec, FusionSpec, ImageSpec, Manifest, TfidfSpec, write_manifest
+from inference.artifacts import E5Spec, FusionSpec, ImageSpec, Manifest, TfidfSpec, write_manifest
+from inference.features.images import ImageDecodeError, ImagePreprocessing, decode_image
+from inference.features.text_cleaning import ListingText
+from inference.features.text_embedding import embed_in_batches, load_tokenizer
+from inference.runtime import ModelRuntime
+from inference.scoring import score_batch
 from rakuten_stream.datasets import Dataset, ListingRecord, load_categories, load_dataset
-from rakuten_stream.image_preprocessing import ImagePreprocessing
-from rakuten_stream.model_runtime import ModelRuntime
-from rakuten_stream.text_cleaning import ListingText
-from rakuten_stream.text_embedding import embed_in_batches, load_tokenizer
+from rakuten_stream.settings import ImageSettings
 from training.evaluation import evaluate, plot_confusion, plot_reliability, write_report
 from training.fusion_fit import FusionFit, fit_fusion
 from training.heads import HeadParams, fit_head, head_classes
@@ -302,11 +304,12 @@ class _Scored:
 
 
 def score_records(runtime: ModelRuntime, records: list[ListingRecord], advance: Callable[[int], None] | None = None,
-                  batch_size: int = 64) -> _Scored:
-    """Score labelled or unlabelled records exactly as a worker would (clean text, decode image, ONNX)."""
-    from rakuten_stream.image_preprocessing import ImageDecodeError, decode_image
-
+                  batch_size: int = 64, max_image_bytes: int = ImageSettings().max_bytes) -> _Scored:
+    """Score labelled or unlabelled records exactly as a worker would: the same text cleaning, the same
+    image decoder and limit (an unreadable image falls back to text only, as a fetched one does), and
+    the one scoring entry point."""
     chunks = []
+    unreadable = 0
     for start in range(0, len(records), batch_size):
         part = records[start : start + batch_size]
         texts = [ListingText.of(r.designation, r.description) for r in part]
@@ -315,13 +318,16 @@ def score_records(runtime: ModelRuntime, records: list[ListingRecord], advance: 
             image = None
             if r.image_path is not None and runtime.has_image_model:
                 try:
-                    image = decode_image(r.image_path.read_bytes())
-                except (ImageDecodeError, OSError):
-                    image = None
+                    image = decode_image(r.image_path.read_bytes(), max_bytes=max_image_bytes)
+                except (ImageDecodeError, OSError) as exc:
+                    unreadable += 1
+                    log.warning("%s: image not used, text only: %s", r.image_path.name, exc)
             images.append(image)
-        chunks.append(runtime.predict(texts, images))
+        chunks.append(score_batch(runtime, texts, images, top_k=1).prediction)
         if advance is not None:
             advance(len(part))
+    if unreadable:
+        log.warning("%d of %d images could not be used", unreadable, len(records))
     if not chunks:
         empty = np.zeros((0, len(runtime.classes)))
         return _Scored(empty, {}, {})

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 import numpy as np
 from sqlalchemy import Engine
 
-from rakuten_stream import registry
+from inference import registry
+from inference.runtime import ModelRuntime
 from rakuten_stream.datasets import ListingRecord
-from rakuten_stream.model_runtime import ModelRuntime
 from training.evaluation import weighted_f1
 from training.pipeline import score_records
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from rich.progress import Progress
 from sqlalchemy import Engine
 
-from rakuten_stream import registry
-from rakuten_stream.artifacts import read_manifest
+from inference import registry
+from inference.artifacts import read_manifest
 from rakuten_stream.datasets import load_dataset
 from rakuten_stream.kafka import ensure_topics
 from rakuten_stream.settings import Settings

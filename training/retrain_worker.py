@@ -44,7 +44,7 @@ class RetrainWorker:
         ensure_topics(self.settings)
         # a training run takes minutes: allow it between polls (the request is committed after it)
         consumer = make_consumer(self.settings, self.group_id, **{"max.poll.interval.ms": 3_600_000})
-        consumer.subscribe([self.settings.topic_retrain_requests])
+        consumer.subscribe([self.settings.topics.retrain_requests])
         try:
             while not self._stop.is_set():
                 message = consumer.poll(0.5)
@@ -72,7 +72,7 @@ class RetrainWorker:
                                        drift_report_id=request.drift_report_id))
         status, candidate, decision = "failed", None, {"error": None}
         try:
-            config = TrainConfig(data=self.data, model_dir=self.settings.model_dir, **self.config_overrides)
+            config = TrainConfig(data=self.data, model_dir=self.settings.models.dir, **self.config_overrides)
             release = train_and_release(self.settings, self.engine, config)
             candidate, decision = release.result.version, release.decision
             status = "succeeded" if release.promoted else "rejected"

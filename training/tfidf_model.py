@@ -1,7 +1,7 @@
 """Text model A: TF-IDF over word (1-2) and character (2-5, within words) n-grams, a linear SVM,
 and sigmoid calibration, so its probabilities can be fused.
 
-The analysers come from ``rakuten_stream.tfidf_features`` (shared with serving); the classifier
+The analysers come from ``inference.features.tfidf`` (shared with serving); the classifier
 is exported with skl2onnx and fed the dense vectors that serving rebuilds.
 """
 
@@ -18,7 +18,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.svm import LinearSVC
 
-from rakuten_stream.tfidf_features import ANALYZERS, TfidfBlock, TfidfFeaturizer
+from inference.features.tfidf import ANALYZERS, TfidfBlock, TfidfFeaturizer
 from training.onnx_export import export_classifier
 
 

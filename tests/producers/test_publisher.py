@@ -57,7 +57,7 @@ def test_publishing_200_rows_puts_exactly_200_messages_on_the_topic_with_images_
         summary = publisher.publish(sample)
 
     assert (summary.sent, summary.failed, summary.errors) == (200, 0, [])
-    messages = read_topic(settings, settings.topic_products)
+    messages = read_topic(settings, settings.topics.products)
     assert len(messages) == 200
     by_id = {r.productid: r for r in sample}
     received = {}
@@ -82,7 +82,7 @@ def test_uri_mode_sends_absolute_file_uris_instead_of_bytes(settings, sample):
         summary = publisher.publish(sample[:5])
 
     assert summary.sent == 5
-    for message in read_topic(settings, settings.topic_products):
+    for message in read_topic(settings, settings.topics.products):
         listing = ProductListing.from_bytes(message.value())
         assert listing.image.data is None
         assert listing.image.uri.startswith("file:///")
@@ -93,7 +93,7 @@ def test_uri_mode_sends_absolute_file_uris_instead_of_bytes(settings, sample):
 def test_none_mode_sends_text_only(settings, sample):
     with Publisher(settings, images="none") as publisher:
         publisher.publish(sample[:3])
-    assert [ProductListing.from_bytes(m.value()).image for m in read_topic(settings, settings.topic_products)] \
+    assert [ProductListing.from_bytes(m.value()).image for m in read_topic(settings, settings.topics.products)] \
         == [None, None, None]
 
 
@@ -104,11 +104,11 @@ def test_an_unreadable_image_fails_that_listing_alone_with_its_reason(settings, 
 
     assert (summary.sent, summary.failed) == (2, 1)
     assert "productid 42" in summary.errors[0] and "image_7_product_42.jpg" in summary.errors[0]
-    assert len(read_topic(settings, settings.topic_products)) == 2
+    assert len(read_topic(settings, settings.topics.products)) == 2
 
 
 def test_a_listing_larger_than_the_topic_allows_fails_alone(settings, tmp_path):
-    small = settings.with_overrides(topic_max_message_bytes=64_000)
+    small = settings.with_overrides(topics={"max_message_bytes": 64_000})
     big = tmp_path / "image_1_product_1.jpg"
     big.write_bytes(b"\xff\xd8" + bytes(100_000))
     records = [ListingRecord(productid=1, designation="Grand poster", imageid=1, image_path=big),
@@ -154,7 +154,7 @@ def test_product_listings_are_sent_as_they_are(settings):
                              source={"shop": "demo"})
     with Publisher(settings, images="inline") as publisher:
         assert publisher.publish([listing]).sent == 1
-    [message] = read_topic(settings, settings.topic_products)
+    [message] = read_topic(settings, settings.topics.products)
     assert ProductListing.from_bytes(message.value()) == listing
 
 
@@ -183,4 +183,4 @@ def test_input_that_breaks_half_way_still_flushes_what_was_queued(settings):
     with Publisher(settings) as publisher, pytest.raises(DatasetError):
         publisher.publish(listings())
     assert publisher.last_summary.sent == 5
-    assert len(read_topic(settings, settings.topic_products)) == 5
+    assert len(read_topic(settings, settings.topics.products)) == 5

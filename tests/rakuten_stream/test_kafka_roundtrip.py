@@ -17,11 +17,11 @@ def test_a_product_event_round_trips_through_a_topic(settings):
     sent = ProductListing(productid=123, designation="Figurine Goku 18cm", description="PVC",
                           image={"data": b"\xff\xd8\xff binary"})
     producer = make_producer(settings)
-    producer.produce(settings.topic_products, key=sent.key, value=sent.to_bytes())
+    producer.produce(settings.topics.products, key=sent.key, value=sent.to_bytes())
     assert producer.flush(10) == 0
 
-    consumer = make_consumer(settings, group_id=settings.worker_group_id + "-roundtrip")
-    consumer.subscribe([settings.topic_products])
+    consumer = make_consumer(settings, group_id=settings.worker.group_id + "-roundtrip")
+    consumer.subscribe([settings.topics.products])
     deadline, message = time.monotonic() + 20, None
     while message is None and time.monotonic() < deadline:
         message = consumer.poll(0.5)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def replay_settings(settings, tiny_model):
-    s = settings.with_overrides(cache_enabled=False, batch_max_messages=5)
+    s = settings.with_overrides(cache={"enabled": False}, worker={"batch_max_messages": 5})
     ensure_topics(s)
     register_production(s, tiny_model)
     return s
@@ -26,7 +26,7 @@ def publish_at(settings, first_id: int, count: int, timestamp_ms: int) -> None:
     producer = make_producer(settings)
     for i in range(count):
         pid = first_id + i
-        producer.produce(settings.topic_products, key=str(pid).encode(), timestamp=timestamp_ms + i,
+        producer.produce(settings.topics.products, key=str(pid).encode(), timestamp=timestamp_ms + i,
                          value=listing_json(pid, f"Piscine tubulaire ronde {pid}", "Piscine hors sol, 3 m"))
     assert producer.flush(15) == 0
 
@@ -53,7 +53,7 @@ def test_replaying_a_time_range_reprocesses_exactly_the_messages_in_it(replay_se
     stats = Replayer(replay_settings, plan).run()
     assert (stats.processed, stats.remaining) == (12, 0)
     produced = [Prediction.from_bytes(m.value()) for m in read_topic(replay_settings,
-                replay_settings.topic_predictions, expected=12)]
+                replay_settings.topics.predictions, expected=12)]
     assert sorted(p.productid for p in produced) == list(range(2000, 2012))
 
 
@@ -64,9 +64,9 @@ def test_an_interrupted_replay_resumes_where_it_stopped(replay_settings):
     first.run(lambda stats: first.stop() if stats.processed >= 5 else None)
     resumed = Replayer(replay_settings, plan).run()
     assert resumed.remaining == 0
-    produced = read_topic(replay_settings, replay_settings.topic_predictions, expected=plan.total)
+    produced = read_topic(replay_settings, replay_settings.topics.predictions, expected=plan.total)
     assert len({Prediction.from_bytes(m.value()).productid for m in produced}) == plan.total
-    assert len(produced) <= plan.total + replay_settings.batch_max_messages  # at most one batch again
+    assert len(produced) <= plan.total + replay_settings.worker.batch_max_messages  # at most one batch again
 
 
 def test_a_replay_with_a_named_version_tags_its_predictions(replay_settings, tiny_model):

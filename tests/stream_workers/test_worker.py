@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from rakuten_stream import registry
+from inference import registry
 from rakuten_stream.database import make_engine, upgrade
 from rakuten_stream.datasets import load_dataset
 from rakuten_stream.kafka import ensure_topics, make_producer
@@ -66,12 +66,12 @@ def publish(settings, values: list[bytes]) -> None:
     producer = make_producer(settings)
     for value in values:
         key = str(json.loads(value)["productid"]).encode() if value.startswith(b"{\"") else b"x"
-        producer.produce(settings.topic_products, key=key, value=value)
+        producer.produce(settings.topics.products, key=key, value=value)
     assert producer.flush(30) == 0
 
 
 def prediction_rows(settings) -> list[PredictionRow]:
-    engine = make_engine(settings.database_url.get_secret_value())
+    engine = make_engine(settings.database.url.get_secret_value())
     with engine.connect() as connection:
         rows = connection.execute(select(PredictionRow)).all()
     engine.dispose()
@@ -97,7 +97,7 @@ class RunningWorker:
 
 @pytest.fixture
 def worker_settings(settings, postgres_url, tiny_model):
-    s = settings.with_overrides(database_url=postgres_url, worker_group_id=settings.worker_group_id)
+    s = settings.with_overrides(database={"url": postgres_url})
     ensure_topics(s)
     upgrade(postgres_url)
     engine = make_engine(postgres_url)
@@ -115,9 +115,9 @@ def test_every_valid_listing_gets_one_prediction_and_every_invalid_one_a_dead_le
         assert wait_until(lambda: worker.stats.consumed >= len(valid) + len(INVALID), 120)
 
     predictions = [Prediction.from_bytes(m.value()) for m in read_topic(worker_settings,
-                   worker_settings.topic_predictions, expected=len(valid))]
+                   worker_settings.topics.predictions, expected=len(valid))]
     letters = [DeadLetter.from_bytes(m.value()) for m in read_topic(worker_settings,
-               worker_settings.topic_dead_letters, expected=len(INVALID))]
+               worker_settings.topics.dead_letters, expected=len(INVALID))]
     rows = prediction_rows(worker_settings)
 
     assert len(predictions) == len(valid) == len(rows)
@@ -131,7 +131,7 @@ def test_every_valid_listing_gets_one_prediction_and_every_invalid_one_a_dead_le
     assert abs(sum(one.contributions.values()) - 1) < 1e-3
     with_image = [p for p in predictions if "image" in p.modalities]
     assert with_image, "listings with images were classified with the image model"
-    assert all(p.source.topic == worker_settings.topic_products for p in predictions)
+    assert all(p.source.topic == worker_settings.topics.products for p in predictions)
 
 
 def test_redelivered_listings_hit_the_cache_and_do_not_duplicate_rows(worker_settings, tiny_data):
@@ -145,8 +145,8 @@ def test_redelivered_listings_hit_the_cache_and_do_not_duplicate_rows(worker_set
 
 def test_two_workers_in_one_group_share_the_partitions(worker_settings, tiny_data):
     valid = real_listings(tiny_data, 80)
-    first = worker_settings.with_overrides(worker_instance_id="worker-a", cache_enabled=False)
-    second = worker_settings.with_overrides(worker_instance_id="worker-b", cache_enabled=False)
+    first = worker_settings.with_overrides(worker={"instance_id": "worker-a"}, cache={"enabled": False})
+    second = worker_settings.with_overrides(worker={"instance_id": "worker-b"}, cache={"enabled": False})
     with RunningWorker(first) as a, RunningWorker(second) as b:
         assert wait_until(lambda: a.assignment and b.assignment, 60), "both members should own a partition"
         assert not a.assignment & b.assignment
@@ -162,8 +162,8 @@ def test_a_promoted_version_is_picked_up_by_a_running_worker(worker_settings, ti
     with RunningWorker(worker_settings) as worker:
         assert wait_until(lambda: worker.stats.consumed >= 20, 90)
         new_dir = copy_as_new_version(tiny_model, tmp_path, "v2-retrained")
-        engine = make_engine(worker_settings.database_url.get_secret_value())
-        from rakuten_stream.artifacts import read_manifest
+        engine = make_engine(worker_settings.database.url.get_secret_value())
+        from inference.artifacts import read_manifest
 
         registry.register(engine, read_manifest(new_dir), new_dir, None)
         registry.announce(worker_settings, registry.promote(engine, "v2-retrained"))
@@ -181,8 +181,8 @@ def test_a_worker_stopped_by_sigterm_and_restarted_loses_nothing_and_writes_no_d
     # same static member (group.instance.id), which is also what Kubernetes does on a rollout.
     valid = real_listings(tiny_data, 150)
     publish(worker_settings, valid)
-    env = os.environ | settings_env(worker_settings.with_overrides(worker_instance_id="worker-sigterm",
-                                                                   batch_max_messages=8, cache_enabled=False))
+    env = os.environ | settings_env(worker_settings.with_overrides(
+        worker={"instance_id": "worker-sigterm", "batch_max_messages": 8}, cache={"enabled": False}))
     command = [sys.executable, "-m", "rakuten_cli.main", "worker"]
 
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -231,7 +231,7 @@ def test_with_redis_down_the_worker_carries_on_without_the_cache(worker_settings
 
     valid = real_listings(tiny_data, 10)
     publish(worker_settings, valid)
-    no_redis = worker_settings.with_overrides(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    no_redis = worker_settings.with_overrides(cache={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     with RunningWorker(no_redis) as worker:
         assert wait_until(lambda: worker.stats.consumed >= 10, 90)
     assert len(prediction_rows(worker_settings)) == 10

@@ -13,8 +13,8 @@ import pytest
 import timm
 import torch
 
-from rakuten_stream.image_preprocessing import ImagePreprocessing, decode_image, preprocess
-from tests.helpers import DATA_DIR
+from inference.features.images import ImagePreprocessing, decode_image, preprocess
+from tests.helpers import DATA_DIR, missing_data
 from training.image_encoder import (
     FEATURE_DIM,
     PREPROCESSING_METADATA_KEY,
@@ -41,7 +41,7 @@ def sample_paths(n: int, prdtypecode: str | None = None) -> list[Path]:
     """First n original sample photos (sorted by name), optionally of one Rakuten category."""
     paths = sorted((DATA_DIR / "images").glob("*.jpg"))
     if not paths:
-        pytest.skip(f"Rakuten sample images not found under {DATA_DIR / 'images'} (set RAKUTEN_DATA_DIR)")
+        missing_data(f"Rakuten sample images not found under {DATA_DIR / 'images'} (set RAKUTEN_DATA_DIR)")
     if prdtypecode is not None:
         with open(DATA_DIR / "products.csv", newline="", encoding="utf-8") as f:
             codes = {(r["imageid"], r["productid"]): r["prdtypecode"] for r in csv.DictReader(f)}

@@ -9,13 +9,14 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from inference import registry
+from inference.artifacts import ArtifactError, read_manifest
+from inference.features.text_cleaning import ListingText
+from inference.runtime import ModelRuntime
 from rakuten_cli.main import app
-from rakuten_stream import registry
-from rakuten_stream.artifacts import ArtifactError, read_manifest, sha256_of
 from rakuten_stream.database import make_engine, upgrade
 from rakuten_stream.datasets import load_dataset
-from rakuten_stream.model_runtime import ModelRuntime
-from rakuten_stream.text_cleaning import ListingText
+from rakuten_stream.hashing import sha256_of
 from tests.helpers import copy_as_new_version
 from training.quality_gate import decide
 

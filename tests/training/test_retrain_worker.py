@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from rakuten_stream import registry
+from inference import registry
 from rakuten_stream.database import make_engine, session_scope, upgrade
 from rakuten_stream.kafka import ensure_topics, make_producer
 from schemas import RetrainRequest
@@ -19,15 +19,15 @@ pytestmark = pytest.mark.slow
 
 def test_a_retrain_request_trains_gates_and_records_a_job_once(settings, tiny_data):
     ensure_topics(settings)
-    upgrade(settings.database_url.get_secret_value())
-    engine = make_engine(settings.database_url.get_secret_value())
+    upgrade(settings.database.url.get_secret_value())
+    engine = make_engine(settings.database.url.get_secret_value())
     request = RetrainRequest(request_id="drift-2026-11-23", reason="prediction drift on 1560")
     producer = make_producer(settings)
     for _ in range(2):  # the same request delivered twice
-        producer.produce(settings.topic_retrain_requests, key=b"r", value=request.to_bytes())
+        producer.produce(settings.topics.retrain_requests, key=b"r", value=request.to_bytes())
     assert producer.flush(10) == 0
 
-    worker = RetrainWorker(settings, engine, tiny_data, group_id=f"retrain-{settings.worker_group_id}",
+    worker = RetrainWorker(settings, engine, tiny_data, group_id=f"retrain-{settings.worker.group_id}",
                            config_overrides={"use_e5": False, "use_image": False})
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()

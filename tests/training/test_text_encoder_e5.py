@@ -12,7 +12,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from tests.helpers import DATA_DIR
+from tests.helpers import DATA_DIR, missing_data
 from training.text_encoder_e5 import (
     QUERY_PREFIX,
     encode_batch_torch,
@@ -54,7 +54,7 @@ def _two_threads():
 def texts() -> list[str]:
     path = DATA_DIR / "products.csv"
     if not path.exists():
-        pytest.skip(f"Rakuten sample not found at {path} (set RAKUTEN_DATA_DIR)")
+        missing_data(f"Rakuten sample not found at {path} (set RAKUTEN_DATA_DIR)")
     with open(path, newline="", encoding="utf-8") as f:
         rows = [r for _, r in zip(range(PRUNE_ROWS), csv.DictReader(f), strict=False)]
     return [f"{r['designation']} {r['description']}".strip() for r in rows]

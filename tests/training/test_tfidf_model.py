@@ -6,9 +6,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from inference.features.text_cleaning import clean_text, listing_text
+from inference.features.tfidf import TfidfFeaturizer
 from rakuten_stream.datasets import load_dataset
-from rakuten_stream.text_cleaning import clean_text, listing_text
-from rakuten_stream.tfidf_features import TfidfFeaturizer
 from training.tfidf_model import TfidfParams, fit_tfidf
 
 # float32 ONNX arithmetic against float64 scikit-learn: probabilities agree to ~1e-6

@@ -6,15 +6,16 @@ write. Used by the worker and by replay alike.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from inference.runtime import ModelRuntime
+from inference.scoring import ScoredListing, score_batch
 from rakuten_stream.cache import PredictionCache
 from rakuten_stream.metrics import ServiceMetrics
-from rakuten_stream.model_runtime import ModelRuntime
-from schemas import CategoryScore, DeadLetter, Prediction, SourcePosition
+from rakuten_stream.settings import Settings
+from schemas import DeadLetter, Prediction, SourcePosition
 from stream_workers.decoding import DecodedListing, Rejected, decode_batch
 
 
@@ -28,21 +29,19 @@ class BatchOutcome:
 
 class BatchProcessor:
     def __init__(self, runtime: ModelRuntime, cache: PredictionCache | None, metrics: ServiceMetrics,
-                 max_image_bytes: int, fetch_timeout_s: float, top_k: int, worker_id: str) -> None:
+                 settings: Settings, worker_id: str) -> None:
         self.runtime = runtime
         self.cache = cache
         self.metrics = metrics
-        self.max_image_bytes = max_image_bytes
-        self.fetch_timeout_s = fetch_timeout_s
-        self.top_k = top_k
+        self.settings = settings
         self.worker_id = worker_id
 
     def process(self, messages: list) -> BatchOutcome:
         runtime = self.runtime  # one version per batch, even if a reload happens meanwhile
         stage = self.metrics.stage_seconds
         start = time.perf_counter()
-        decoded, rejected = decode_batch(messages, self.max_image_bytes, self.fetch_timeout_s,
-                                         want_images=runtime.has_image_model)
+        decoded, rejected = decode_batch(messages, self.settings.images.max_bytes,
+                                         self.settings.images.fetch_timeout_s, want_images=runtime.has_image_model)
         stage.labels("decode").observe(time.perf_counter() - start)
         outcome = BatchOutcome()
         for r in rejected:
@@ -56,18 +55,19 @@ class BatchProcessor:
         fresh: dict[str, bytes] = {}
         if misses:
             start = time.perf_counter()
-            batch = runtime.predict([d.text for d in misses], [d.image for d in misses])
+            scored = score_batch(runtime, [d.text for d in misses], [d.image for d in misses],
+                                 self.settings.inference.top_k)
             stage.labels("infer").observe(time.perf_counter() - start)
-            for modality, seconds in batch.seconds.items():
+            for modality, seconds in scored.prediction.seconds.items():
                 self.metrics.inference_seconds.labels(modality=modality).observe(seconds)
-            for row, item in enumerate(misses):
-                body = self._prediction_body(runtime, batch, row)
+            for item, listing in zip(misses, scored.listings, strict=True):
                 if self.cache is not None and self.cache.available:
-                    fresh[item.content_hash] = json.dumps(body).encode()
-                outcome.predictions.append(self._prediction(item, body, runtime.version, now, cached=False))
+                    fresh[item.content_hash] = listing.model_dump_json().encode()
+                outcome.predictions.append(self._prediction(item, listing, runtime.version, now, cached=False))
         for item, hit in zip(decoded, cached, strict=True):
             if hit is not None:
-                outcome.predictions.append(self._prediction(item, json.loads(hit), runtime.version, now, cached=True))
+                listing = ScoredListing.model_validate_json(hit)
+                outcome.predictions.append(self._prediction(item, listing, runtime.version, now, cached=True))
                 outcome.cache_hits += 1
         if self.cache is not None and fresh:
             self.cache.put_many(runtime.version, fresh)
@@ -78,25 +78,12 @@ class BatchProcessor:
             return [None] * len(decoded)
         return self.cache.get_many(runtime.version, [d.content_hash for d in decoded])
 
-    def _prediction_body(self, runtime: ModelRuntime, batch, row: int) -> dict:
-        top = []
-        for index, probability in batch.top_k(row, self.top_k):
-            code, name = runtime.category(index)
-            top.append({"prdtypecode": code, "category": name, "probability": round(probability, 6)})
-        modalities = [m for m, flags in batch.present.items() if flags[row]]
-        return {
-            "prdtypecode": top[0]["prdtypecode"], "category": top[0]["category"],
-            "confidence": top[0]["probability"], "top_k": top, "modalities": modalities,
-            "contributions": {m: round(float(batch.contributions[m][row]), 4) for m in modalities},
-        }
-
     @staticmethod
-    def _prediction(item: DecodedListing, body: dict, version: str, now: datetime, cached: bool) -> Prediction:
+    def _prediction(item: DecodedListing, scored: ScoredListing, version: str, now: datetime, cached: bool
+                    ) -> Prediction:
         message = item.message
         return Prediction(
-            productid=item.listing.productid, prdtypecode=body["prdtypecode"], category=body["category"],
-            confidence=body["confidence"], top_k=[CategoryScore(**s) for s in body["top_k"]],
-            contributions=body["contributions"], modalities=body["modalities"], model_version=version,
+            productid=item.listing.productid, **scored.model_dump(), model_version=version,
             source=SourcePosition(topic=message.topic(), partition=message.partition(), offset=message.offset()),
             content_hash=item.content_hash, cached=cached, event_time=item.listing.event_time, predicted_at=now,
         )

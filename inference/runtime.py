@@ -18,18 +18,18 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from rakuten_stream.artifacts import Manifest, read_manifest
-from rakuten_stream.fusion import (
+from inference.artifacts import Manifest, read_manifest
+from inference.features.images import ImagePreprocessing, preprocess
+from inference.features.text_cleaning import ListingText
+from inference.features.text_embedding import embed_in_batches, load_tokenizer
+from inference.features.tfidf import TfidfFeaturizer
+from inference.fusion import (
     expand_to_classes,
     fuse_weighted,
     safe_log,
     stacker_contributions,
     stacker_features,
 )
-from rakuten_stream.image_preprocessing import ImagePreprocessing, preprocess
-from rakuten_stream.text_cleaning import ListingText
-from rakuten_stream.text_embedding import embed_in_batches, load_tokenizer
-from rakuten_stream.tfidf_features import TfidfFeaturizer
 
 log = logging.getLogger(__name__)
 CUDA = "CUDAExecutionProvider"

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from confluent_kafka import KafkaException, TopicPartition
 
 from rakuten_stream.metrics import ServiceMetrics
-from stream_workers.processor import BatchOutcome, BatchProcessor
+from stream_workers.batch import BatchOutcome, BatchProcessor
 from stream_workers.sinks import ResultWriter, SinkError
 
 log = logging.getLogger(__name__)

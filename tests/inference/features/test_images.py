@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rakuten_stream import image_preprocessing
-from rakuten_stream.image_preprocessing import (
+from inference.features import images as image_preprocessing
+from inference.features.images import (
     RESAMPLE,
     ImageDecodeError,
     ImagePreprocessing,
     decode_image,
     preprocess,
 )
-from tests.helpers import DATA_DIR
+from tests.helpers import DATA_DIR, missing_data
 
 PARAMS = ImagePreprocessing()
 LOWEST = (0 - 127) / 128  # value of a 0 pixel
@@ -30,7 +30,7 @@ HIGHEST = (255 - 127) / 128  # value of a 255 pixel
 def sample_jpegs(n: int) -> list[bytes]:
     paths = sorted((DATA_DIR / "images").glob("*.jpg"))[:n]
     if not paths:
-        pytest.skip(f"Rakuten sample images not found under {DATA_DIR / 'images'} (set RAKUTEN_DATA_DIR)")
+        missing_data(f"Rakuten sample images not found under {DATA_DIR / 'images'} (set RAKUTEN_DATA_DIR)")
     return [p.read_bytes() for p in paths]
 
 

@@ -12,14 +12,12 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from rakuten_stream.artifacts import Manifest, manifest_sha256
+from inference.artifacts import Manifest, manifest_sha256
 from rakuten_stream.database import session_scope
 from rakuten_stream.kafka import make_producer
 from rakuten_stream.settings import Settings
 from schemas import ModelUpdate
 from schemas.tables import ModelVersion
-
-STAGES = ("candidate", "production", "archived")
 
 
 class RegistryError(LookupError):
@@ -95,6 +93,6 @@ def announce(settings: Settings, row: ModelVersion) -> None:
     update = ModelUpdate(version=row.version, stage=row.stage, artifact_dir=row.artifact_dir,
                          manifest_sha256=manifest_sha256(Path(row.artifact_dir)))
     producer = make_producer(settings)
-    producer.produce(settings.topic_model_updates, key=row.stage.encode(), value=update.to_bytes())
+    producer.produce(settings.topics.model_updates, key=row.stage.encode(), value=update.to_bytes())
     if producer.flush(15) != 0:
-        raise RuntimeError(f"could not announce model version {row.version} on {settings.topic_model_updates}")
+        raise RuntimeError(f"could not announce model version {row.version} on {settings.topics.model_updates}")

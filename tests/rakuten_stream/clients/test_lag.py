@@ -8,8 +8,8 @@ import uuid
 import pytest
 from confluent_kafka import TopicPartition
 
+from rakuten_stream.clients.lag import LagError, LagProbe, consumer_lag, export_lag, list_groups
 from rakuten_stream.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
-from rakuten_stream.lag import LagError, LagProbe, consumer_lag, export_lag, list_groups
 from rakuten_stream.metrics import ServiceMetrics
 
 MINUTE_AGO_MS = 60_000

@@ -7,13 +7,14 @@ every file. Serving verifies the hashes before it loads anything.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+from rakuten_stream.hashing import sha256_of
 
 MANIFEST = "manifest.json"
 MODALITIES = ("tfidf", "e5", "image")
@@ -70,14 +71,6 @@ class Manifest(BaseModel):
     @property
     def modalities(self) -> list[str]:
         return [m for m in MODALITIES if getattr(self, m) is not None]
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> Path:

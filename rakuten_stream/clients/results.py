@@ -40,7 +40,7 @@ class PredictionStream:
     def __init__(self, settings: Settings, group_id: str, from_beginning: bool = False, follow: bool = True,
                  commit: bool = True, *, topic: str | None = None, poll_timeout_s: float = 0.5,
                  auto_commit_interval_ms: int = 1000) -> None:
-        self.topic = topic or settings.topic_predictions
+        self.topic = topic or settings.topics.predictions
         self.group_id = group_id
         self.from_beginning = from_beginning
         self.follow = follow

@@ -10,9 +10,9 @@ from itertools import islice
 
 import pytest
 
+from rakuten_stream.clients.lag import consumer_lag
+from rakuten_stream.clients.results import PredictionStream
 from rakuten_stream.kafka import ensure_topics, make_producer, service_topics
-from rakuten_stream.lag import consumer_lag
-from rakuten_stream.results import PredictionStream
 from schemas import CategoryScore, Prediction
 
 
@@ -29,15 +29,15 @@ def write(settings, *items: Prediction | bytes) -> None:
     for item in items:
         value = item if isinstance(item, bytes) else item.to_bytes()
         key = None if isinstance(item, bytes) else str(item.productid).encode()
-        producer.produce(settings.topic_predictions, value=value, key=key)
+        producer.produce(settings.topics.predictions, value=value, key=key)
     assert producer.flush(10) == 0
 
 
 @pytest.fixture
 def one_partition(settings):
     """Settings whose predictions topic has a single partition (a total order to reason about)."""
-    single = settings.with_overrides(topic_partitions=1)
-    ensure_topics(single, [s for s in service_topics(single) if s.name == single.topic_predictions])
+    single = settings.with_overrides(topics={"partitions": 1})
+    ensure_topics(single, [s for s in service_topics(single) if s.name == single.topics.predictions])
     return single
 
 
@@ -65,7 +65,7 @@ def test_the_group_resumes_after_what_it_has_handled(settings):
     write(settings, *(prediction(i) for i in range(1, 6)))
     with PredictionStream(settings, name, from_beginning=True, follow=False) as stream:
         assert len(list(stream)) == 5
-    assert [p.lag for p in consumer_lag(settings, name, settings.topic_predictions)] == [0, 0]
+    assert [p.lag for p in consumer_lag(settings, name, settings.topics.predictions)] == [0, 0]
 
     with PredictionStream(settings, name, from_beginning=True, follow=False) as stream:
         assert list(stream) == []
@@ -107,7 +107,7 @@ def test_without_commit_the_group_keeps_no_position(one_partition):
     write(one_partition, prediction(1), prediction(2))
     with PredictionStream(one_partition, name, from_beginning=True, follow=False, commit=False) as stream:
         assert len(list(stream)) == 2
-    [partition] = consumer_lag(one_partition, name, one_partition.topic_predictions)
+    [partition] = consumer_lag(one_partition, name, one_partition.topics.predictions)
     assert partition.committed is None
 
 
