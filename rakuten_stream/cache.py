@@ -26,8 +26,6 @@ class PredictionCache:
             if url else None
         )
         self._down_since: float | None = None
-        self.hits = 0
-        self.misses = 0
 
     @staticmethod
     def key(model_version: str, content_hash: str) -> str:
@@ -48,9 +46,6 @@ class PredictionCache:
             self._mark_down(exc)
             return [None] * len(content_hashes)
         self._mark_up()
-        found = sum(v is not None for v in values)
-        self.hits += found
-        self.misses += len(values) - found
         return list(values)
 
     def put_many(self, model_version: str, items: Mapping[str, bytes]) -> None:
