@@ -19,11 +19,14 @@ def worker(
     instance_id: str = typer.Option(None, help="static group.instance.id (RAKUTEN_WORKER_INSTANCE_ID)"),
     batch_size: int = typer.Option(None, help="max messages per micro-batch (RAKUTEN_BATCH_MAX_MESSAGES)"),
     metrics_port: int = typer.Option(None, help="Prometheus port, 0 = off (RAKUTEN_METRICS_PORT)"),
+    migrate: bool = typer.Option(True, "--migrate/--no-migrate",
+                                 help="migrate the database schema at start (off where a job runs `init-db`)"),
 ) -> None:
     """Consume product listings, classify them in micro-batches, write predictions; SIGTERM stops cleanly."""
     settings = settings_of(ctx).with_overrides(worker={"group_id": group, "instance_id": instance_id,
                                                        "batch_max_messages": batch_size, "metrics_port": metrics_port})
-    upgrade(settings.database.url.get_secret_value())
+    if migrate:
+        upgrade(settings.database.url.get_secret_value())
     metrics = ServiceMetrics()
     metrics.serve(settings.worker.metrics_port)
     running = Worker(settings, metrics)
