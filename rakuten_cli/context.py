@@ -22,5 +22,5 @@ def configure_logging(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", datefmt="[%X]",
         handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)], force=True,
     )
-    for noisy in ("alembic", "httpx", "urllib3"):
+    for noisy in ("alembic", "httpx", "urllib3", "librdkafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,17 +1,32 @@
-"""The `rakuten-stream` command: one console script, a subcommand per job."""
+"""The `rakuten-stream` command: one console script, a subcommand per job.
+
+Start-up stays light: the command modules import their heavy libraries (sqlalchemy, onnxruntime,
+the training stack, ...) inside the commands, so `rakuten-stream lag --help` pays for none of them.
+"""
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import typer
 
-from rakuten_cli import demo, infra_commands, model_commands, worker_commands
+from rakuten_cli import demo, infra_commands, model_commands, stream_commands, worker_commands
 from rakuten_cli.context import configure_logging
+from rakuten_cli.errors import UserError, explain, report
 from rakuten_stream.settings import Settings
 
 app = typer.Typer(help="Classify Rakuten product listings streaming through Kafka.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        try:
+            print(f"rakuten-stream {version('rakuten-stream')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            print("rakuten-stream (not installed)")
+        raise typer.Exit(0)
 
 
 @app.callback()
@@ -22,6 +37,8 @@ def main(
     redis_url: str = typer.Option(None, "--redis-url", help="Redis URL (RAKUTEN_REDIS_URL)"),
     model_dir: Path = typer.Option(None, "--model-dir", help="model artifacts (RAKUTEN_MODEL_DIR)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="print the version and exit"),
 ) -> None:
     configure_logging(verbose)
     ctx.ensure_object(dict)["settings"] = Settings().with_overrides(
@@ -35,8 +52,6 @@ app.command("init-db")(infra_commands.init_db)
 app.command("doctor")(infra_commands.doctor)
 app.command("config")(infra_commands.show_config)
 # -- publish / results / lag (producers and downstream consumers) --
-from rakuten_cli import stream_commands  # noqa: E402
-
 app.command("publish")(stream_commands.publish)
 app.command("results")(stream_commands.results)
 app.command("lag")(stream_commands.lag)
@@ -52,5 +67,29 @@ app.command("worker")(worker_commands.worker)
 app.command("replay")(worker_commands.replay)
 app.command("demo")(demo.demo)
 
+
+def run() -> None:
+    """The console script: the app, with every error a user can fix as one line and exit code 2
+    (:mod:`rakuten_cli.errors`); bad flags and values too. Anything else is a bug and keeps its traceback."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:  # Ctrl-C outside a command's own handling
+        raise SystemExit(130) from None
+    except typer.TyperException as exc:  # a bad flag or value (typer's click exceptions)
+        message = exc.format_message()
+        if "\n" in message:  # `rakuten-stream` alone: the help, as it is
+            print(message)
+            raise SystemExit(exc.exit_code) from None
+        context = getattr(exc, "ctx", None)
+        hint = f" (see `{context.command_path} --help`)" if context is not None else ""
+        report(UserError(message + hint, exc.exit_code))
+    except Exception as exc:
+        error = explain(exc)
+        if error is None:
+            raise
+        report(error)
+    raise SystemExit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":
-    app()
+    run()

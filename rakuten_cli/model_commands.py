@@ -7,36 +7,33 @@ import json
 from pathlib import Path
 
 import typer
-from rich.progress import Progress
-from rich.table import Table
 
-from inference import registry
-from inference.runtime import ModelRuntime
 from rakuten_cli.context import console, settings_of
-from rakuten_stream.database import make_engine, upgrade
-from rakuten_stream.datasets import DatasetError, load_dataset
-from rakuten_stream.kafka import ensure_topics
+from rakuten_cli.errors import database_url, fail, require_kafka
+from rakuten_cli.signals import stopping_on_signals
 from rakuten_stream.settings import Settings
 
 models_app = typer.Typer(help="The model registry: list, show and promote versions.", no_args_is_help=True)
 
 
 def _engine(settings: Settings):
-    url = settings.database.url.get_secret_value()
+    from rakuten_stream.database import make_engine, upgrade
+
+    url = database_url(settings)
     upgrade(url)
     return make_engine(url)
 
 
 def _dataset(path: Path, limit: int | None = None):
-    try:
-        return load_dataset(path, limit=limit)
-    except DatasetError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+    from rakuten_stream.datasets import load_dataset
+
+    return load_dataset(path, limit=limit)  # a DatasetError is one line (errors.py)
 
 
 def load_data(ctx: typer.Context, data: Path = typer.Option(..., "--data", help="dataset folder or file")) -> None:
     """Load a dataset into the database once (idempotent), recording a dataset snapshot."""
+    from rich.progress import Progress
+
     from training.data_loading import load_into_database
 
     settings = settings_of(ctx)
@@ -91,24 +88,38 @@ def run_training(settings: Settings, data: Path, out: Path | None = None, limit:
 
 
 @models_app.command("list")
-def models_list(ctx: typer.Context) -> None:
-    """Every registered version, newest first."""
-    table = Table("version", "stage", "created", "weighted F1", "fusion", "artifact dir")
-    for row in registry.list_versions(_engine(settings_of(ctx))):
-        metrics = row.metrics or {}
-        table.add_row(row.version, row.stage, f"{row.created_at:%Y-%m-%d %H:%M}", str(metrics.get("weighted_f1", "-")),
-                      str((metrics.get("fusion") or {}).get("method", "-")), row.artifact_dir)
-    console.print(table)
+def models_list(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="a JSON list on stdout"),
+) -> None:
+    """Every registered version, newest first, on stdout (whole version ids, one per line: grep works)."""
+    from inference import registry
+
+    rows = [{"version": row.version, "stage": row.stage, "created": f"{row.created_at:%Y-%m-%d %H:%M}",
+             "weighted_f1": (row.metrics or {}).get("weighted_f1"),
+             "fusion": ((row.metrics or {}).get("fusion") or {}).get("method"), "artifact_dir": row.artifact_dir}
+            for row in registry.list_versions(_engine(settings_of(ctx)))]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print("no model registered yet: train one with `rakuten-stream train --data DIR` "
+                      "(or `rakuten-stream demo`)", highlight=False, soft_wrap=True)
+        return
+    headers = {"version": "version", "stage": "stage", "created": "created", "weighted_f1": "weighted F1",
+               "fusion": "fusion", "artifact_dir": "artifact dir"}
+    cells = [headers] + [{k: "-" if v is None else str(v) for k, v in row.items()} for row in rows]
+    widths = {k: max(len(c[k]) for c in cells) for k in headers}
+    for c in cells:  # plain aligned text, never cut to the terminal's width
+        print("  ".join(c[k].ljust(widths[k]) for k in headers).rstrip())
 
 
 @models_app.command("show")
 def models_show(ctx: typer.Context, version: str) -> None:
     """One version: parameters, metrics, artifacts and the gate's decision (JSON)."""
-    try:
-        row = registry.get_version(_engine(settings_of(ctx)), version)
-    except registry.RegistryError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(2) from None
+    from inference import registry
+
+    row = registry.get_version(_engine(settings_of(ctx)), version)  # unknown: one line (errors.py)
     print(json.dumps({c: getattr(row, c) for c in ("version", "stage", "created_at", "promoted_at", "snapshot_id",
                       "artifact_dir", "artifacts", "metrics", "gate_decision", "parameters")}, indent=2, default=str))
 
@@ -116,14 +127,12 @@ def models_show(ctx: typer.Context, version: str) -> None:
 @models_app.command("promote")
 def models_promote(ctx: typer.Context, version: str) -> None:
     """Make VERSION the production model (by hand, bypassing the gate) and tell running workers."""
+    from inference import registry
+    from training.release import announce_quietly
+
     settings = settings_of(ctx)
     engine = _engine(settings)
-    try:
-        registry.promote(engine, version, {"promoted": True, "reason": "promoted by hand"})
-    except registry.RegistryError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(2) from None
-    from training.release import announce_quietly
+    registry.promote(engine, version, {"promoted": True, "reason": "promoted by hand"})
 
     announce_quietly(settings, engine, version)
     console.print(f"[green]{version} is in production[/]")
@@ -137,14 +146,17 @@ def score(
     limit: int = typer.Option(None),
 ) -> None:
     """Score a dataset through exactly the ONNX path the workers use; labels, if present, are ignored."""
+    from rich.progress import Progress
+
+    from inference import registry
+    from inference.runtime import ModelRuntime
     from training.pipeline import score_records
 
     settings = settings_of(ctx)
     engine = _engine(settings)
     row = registry.get_version(engine, version) if version else registry.production(engine)
     if row is None:
-        console.print("[red]no production model: train one first (`rakuten-stream train --data DIR`)[/]")
-        raise typer.Exit(2)
+        fail("no production model: train one first (`rakuten-stream train --data DIR`)")
     dataset = _dataset(data, limit)
     runtime = ModelRuntime(Path(row.artifact_dir), providers=settings.inference.execution_provider)
     with Progress(console=console) as progress:
@@ -170,32 +182,29 @@ def retrain_worker(
     e5: bool = typer.Option(True, "--e5/--no-e5"),
 ) -> None:
     """Consume retrain requests: train, gate, register and announce; SIGTERM stops between requests."""
-    import signal
-
+    from rakuten_stream.metrics import ServiceMetrics
     from training.retrain_worker import RetrainWorker
 
     settings = settings_of(ctx)
     data = data or settings.models.data_dir
     if data is None:
-        console.print("[red]error:[/] give --data or set RAKUTEN_DATA_DIR")
-        raise typer.Exit(2)
-    from rakuten_stream.metrics import ServiceMetrics
-
+        fail("give --data or set RAKUTEN_DATA_DIR")
+    require_kafka(settings)
     ServiceMetrics().serve(settings.worker.metrics_port)  # liveness for compose/Kubernetes health checks
     worker = RetrainWorker(settings, _engine(settings), data, config_overrides={"use_e5": e5})
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: worker.stop())
-    worker.run()
+    with stopping_on_signals(worker.stop):
+        worker.run()
 
 
 def request_retrain(ctx: typer.Context, reason: str = typer.Option("requested by hand", help="why")) -> None:
     """Publish a retrain request (what the drift consumer does when it sees drift)."""
     import uuid
 
-    from rakuten_stream.kafka import make_producer
+    from rakuten_stream.kafka import ensure_topics, make_producer
     from schemas import RetrainRequest
 
     settings = settings_of(ctx)
+    require_kafka(settings)
     ensure_topics(settings)
     request = RetrainRequest(request_id=uuid.uuid4().hex, reason=reason)
     producer = make_producer(settings)

@@ -7,35 +7,29 @@ Exit codes: 0 done; 1 some listings failed (`publish`) or a partition's lag is o
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING
 
 import typer
-from confluent_kafka import KafkaException
 from rich.console import Console
-from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from producers.json_lines import read_json_lines
-from producers.publisher import Publisher, PublishProgress, PublishSummary
 from rakuten_cli.context import console, settings_of
-from rakuten_stream.clients.lag import LagError, LagProbe, PartitionLag
-from rakuten_stream.clients.results import PredictionStream
-from rakuten_stream.datasets import DatasetError, load_categories, load_dataset
-from rakuten_stream.metrics import ServiceMetrics
-from schemas import Prediction
+from rakuten_cli.errors import KAFKA_TIMEOUT_S, fail, require_kafka
+from rakuten_cli.signals import sigterm_interrupts, stopping_on_signals
+
+if TYPE_CHECKING:
+    from producers.publisher import PublishSummary
+    from rakuten_stream.clients.lag import LagProbe, PartitionLag
+    from schemas import Prediction
 
 out = Console(highlight=False, soft_wrap=True)  # data goes to stdout, messages and progress to stderr
+TIMEOUT_HELP = "seconds to wait for Kafka to answer before saying it is unreachable"
 
 
 class ImageMode(StrEnum):
@@ -49,34 +43,6 @@ class OutputFormat(StrEnum):
     jsonl = "jsonl"
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (``docker stop``, ``kill``) ends a command like Ctrl-C: consumers commit and close, producers flush."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _kafka_problem(settings_bootstrap: str, exc: KafkaException) -> str:
-    error = exc.args[0] if exc.args else exc
-    detail = error.str() if hasattr(error, "str") else str(error)
-    return f"Kafka at {settings_bootstrap}: {detail} (is it running? `rakuten-stream doctor` checks)"
-
-
 # -- publish ----------------------------------------------------------------------------------------
 def publish(
     ctx: typer.Context,
@@ -87,8 +53,16 @@ def publish(
                                           "read; none: text only"),
     limit: int = typer.Option(None, "--limit", min=0, help="publish at most N listings"),
     rate: float = typer.Option(None, "--rate", min=0.01, help="at most N messages per second (default: unpaced)"),
+    as_json: bool = typer.Option(False, "--json", help="the summary as one JSON object on stdout"),
+    timeout: float = typer.Option(KAFKA_TIMEOUT_S, "--timeout", min=0.1, help=TIMEOUT_HELP),
 ) -> None:
     """Publish product listings to the products topic, keyed by productid."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from producers.json_lines import read_json_lines
+    from producers.publisher import Publisher, PublishProgress
+    from rakuten_stream.datasets import DatasetError, load_dataset
+
     settings = settings_of(ctx)
     if data == "-":
         records, total, origin = read_json_lines(sys.stdin), limit, "stdin"
@@ -96,9 +70,10 @@ def publish(
         try:
             dataset = load_dataset(Path(data), limit=limit)
         except DatasetError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         records, total = dataset.records, len(dataset.records)
         origin = f"{dataset.path} ({dataset.layout} layout, {dataset.with_images} with images)"
+    require_kafka(settings, timeout)
     console.print(f"publishing to [bold]{settings.topics.products}[/] at {settings.kafka.bootstrap_servers} "
                   f"from {origin}, images {images.value}" + (f", {rate:g} msg/s" if rate else ""), highlight=False,
                   soft_wrap=True)
@@ -118,24 +93,29 @@ def publish(
 
         publisher = None
         try:
-            with _sigterm_interrupts(), Publisher(settings, images=images.value) as publisher:
+            with sigterm_interrupts(), Publisher(settings, images=images.value) as publisher:
                 summary = publisher.publish(records, limit=limit, rate=rate, progress=on_progress)
             bar.update(task, completed=summary.sent + summary.failed, delivered=summary.sent)
         except (DatasetError, KeyboardInterrupt) as exc:
             # a malformed line on stdin, or Ctrl-C: what was queued before it has been flushed
             partial = publisher.last_summary if publisher is not None else None
             if partial is not None:
-                _print_summary(partial)
+                _print_summary(partial, as_json)
             if isinstance(exc, KeyboardInterrupt):
-                _fail("interrupted", 130)
-            _fail(str(exc))
-        except KafkaException as exc:
-            _fail(_kafka_problem(settings.kafka.bootstrap_servers, exc))
-    _print_summary(summary)
+                fail("interrupted", 130)
+            fail(str(exc))
+    _print_summary(summary, as_json)
     raise typer.Exit(1 if summary.failed else 0)
 
 
-def _print_summary(summary: PublishSummary) -> None:
+def _print_summary(summary: PublishSummary, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"sent": summary.sent, "failed": summary.failed, "bytes": summary.bytes,
+                          "seconds": round(summary.seconds, 3),
+                          "messages_per_second": round(summary.messages_per_second, 1),
+                          "megabytes_per_second": round(summary.megabytes_per_second, 3),
+                          "errors": summary.errors}), flush=True)
+        return
     colour = "green" if not summary.failed else "yellow"
     console.print(
         f"[{colour}]sent {summary.sent}[/], failed {summary.failed}, {summary.bytes / 1e6:.2f} MB in "
@@ -160,14 +140,19 @@ def results(
     limit: int = typer.Option(None, "--limit", min=1, help="stop after N predictions"),
     group: str = typer.Option(None, "--group", help="consumer group; its offsets are committed, so the next run "
                                                     "resumes (default: a throwaway group that commits nothing)"),
+    timeout: float = typer.Option(KAFKA_TIMEOUT_S, "--timeout", min=0.1, help=TIMEOUT_HELP),
 ) -> None:
-    """Print the predictions written by the workers, with category names."""
+    """Print the predictions written by the workers (the table with category names; jsonl as on the topic)."""
+    from rakuten_stream.clients.results import PredictionStream
+    from rakuten_stream.datasets import load_categories
+
     settings = settings_of(ctx)
+    require_kafka(settings, timeout)
     categories = load_categories(settings.models.data_dir)
     group_id = group or f"rakuten-results-{uuid.uuid4().hex[:12]}"
     shown = 0
     try:
-        with _sigterm_interrupts(), PredictionStream(settings, group_id, from_beginning=from_beginning,
+        with sigterm_interrupts(), PredictionStream(settings, group_id, from_beginning=from_beginning,
                                                      follow=follow, commit=group is not None) as stream:
             if output is OutputFormat.table:
                 out.print(ROW.format("productid", "code", "category", "conf", "model", "modalities", "predicted at"))
@@ -180,17 +165,15 @@ def results(
             skipped = stream.skipped
     except KeyboardInterrupt:
         skipped = 0
-    except KafkaException as exc:
-        _fail(_kafka_problem(settings.kafka.bootstrap_servers, exc))
     note = f", {skipped} invalid message(s) skipped" if skipped else ""
     console.print(f"{shown} prediction(s) from {settings.topics.predictions}{note}", highlight=False, soft_wrap=True)
 
 
 def _print_prediction(prediction: Prediction, categories: dict[int, str], output: OutputFormat) -> None:
-    name = categories.get(prediction.prdtypecode, prediction.category)
-    if output is OutputFormat.jsonl:
-        print(prediction.model_copy(update={"category": name}).model_dump_json(exclude_none=True), flush=True)
+    if output is OutputFormat.jsonl:  # the message contract, as on the topic (category as in top_k)
+        print(prediction.model_dump_json(exclude_none=True), flush=True)
         return
+    name = categories.get(prediction.prdtypecode, prediction.category)
     out.print(ROW.format(prediction.productid, prediction.prdtypecode, name[:42], f"{prediction.confidence:.2f}",
                          prediction.model_version[:16], ",".join(prediction.modalities)[:18],
                          prediction.predicted_at.isoformat(timespec="seconds")))
@@ -207,20 +190,28 @@ def lag(
     metrics_port: int = typer.Option(None, "--metrics-port", min=1,
                                      help="with --watch: serve the rakuten_consumer_lag gauge on this port"),
     groups: bool = typer.Option(False, "--list-groups", help="list the consumer groups and exit"),
+    timeout: float = typer.Option(KAFKA_TIMEOUT_S, "--timeout", min=0.1, help=TIMEOUT_HELP),
 ) -> None:
     """Consumer lag per partition (committed offset, high watermark, lag, time behind)."""
+    from confluent_kafka import KafkaException
+    from rich.live import Live
+
+    from rakuten_stream.clients.lag import LagError, LagProbe
+    from rakuten_stream.metrics import ServiceMetrics
+
     settings = settings_of(ctx)
     group_id = group or settings.worker.group_id
     topic_name = topic or settings.topics.products
     if metrics_port is not None and watch is None:
-        _fail("--metrics-port needs --watch (the gauge must be refreshed)")
+        fail("--metrics-port needs --watch (the gauge must be refreshed)")
+    if watch is None:  # an exporter (--watch) waits for Kafka to come back instead
+        require_kafka(settings, timeout)
     metrics = ServiceMetrics() if metrics_port is not None else None
     code = 0
     # Ctrl-C / SIGTERM end a --watch between measurements, never inside a librdkafka call
     stop = threading.Event()
-    handlers = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with LagProbe(settings) as probe:
+        with stopping_on_signals(stop.set), LagProbe(settings) as probe:
             if groups:
                 _print_groups(probe, as_json)
                 raise typer.Exit(0)
@@ -260,18 +251,15 @@ def lag(
                 if live is not None:
                     live.stop()
     except LagError as exc:
-        _fail(str(exc))
-    except KafkaException as exc:
-        _fail(_kafka_problem(settings.kafka.bootstrap_servers, exc))
-    finally:
-        for signum, previous in handlers.items():
-            signal.signal(signum, previous)
+        fail(str(exc))
     if code and not as_json:
         console.print(f"[red]lag over {max_lag}[/] on at least one partition", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
 def _print_groups(probe: LagProbe, as_json: bool) -> None:
+    from rich.table import Table
+
     found = probe.list_groups()
     if as_json:
         print(json.dumps([{"group": g.group_id, "state": g.state, "simple": g.simple} for g in found]))
@@ -291,7 +279,9 @@ def _lag_document(group: str, topic: str, lags: list[PartitionLag], max_lag: int
     }
 
 
-def _lag_table(group: str, topic: str, lags: list[PartitionLag], max_lag: int | None) -> Table:
+def _lag_table(group: str, topic: str, lags: list[PartitionLag], max_lag: int | None):
+    from rich.table import Table
+
     table = Table(title=f"lag of {group} on {topic}", caption=datetime.now().strftime("%H:%M:%S"))
     for header in ("partition", "committed", "high watermark", "lag", "behind"):
         table.add_column(header, justify="right")

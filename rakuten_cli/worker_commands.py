@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import signal
-
 import typer
 
 from rakuten_cli.context import console, settings_of
-from rakuten_stream.database import upgrade
-from rakuten_stream.metrics import ServiceMetrics
-from stream_workers.model_watcher import NoModelError
-from stream_workers.worker import Worker
+from rakuten_cli.errors import database_url, fail, require_kafka
+from rakuten_cli.signals import stopping_on_signals
 
 
 def worker(
@@ -23,20 +19,20 @@ def worker(
                                  help="migrate the database schema at start (off where a job runs `init-db`)"),
 ) -> None:
     """Consume product listings, classify them in micro-batches, write predictions; SIGTERM stops cleanly."""
+    from rakuten_stream.database import upgrade
+    from rakuten_stream.metrics import ServiceMetrics
+    from stream_workers.worker import Worker
+
     settings = settings_of(ctx).with_overrides(worker={"group_id": group, "instance_id": instance_id,
                                                        "batch_max_messages": batch_size, "metrics_port": metrics_port})
+    require_kafka(settings)
     if migrate:
-        upgrade(settings.database.url.get_secret_value())
+        upgrade(database_url(settings))
     metrics = ServiceMetrics()
     metrics.serve(settings.worker.metrics_port)
     running = Worker(settings, metrics)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: running.stop())
-    try:
+    with stopping_on_signals(running.stop):
         stats = running.run()
-    except NoModelError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(2) from None
     console.print(f"worker stopped: {stats.consumed} consumed, {stats.predicted} predicted, "
                   f"{stats.dead_lettered} dead-lettered, {stats.cache_hits} from cache, models {stats.model_versions}")
 
@@ -51,32 +47,27 @@ def replay(
     """Reprocess a range of the products topic (backfill); resumable: rerun the same command to continue."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from stream_workers.replay import Replayer, ReplayError, plan_replay
+    from rakuten_stream.database import upgrade
+    from stream_workers.replay import Replayer, plan_replay
 
     settings = settings_of(ctx)
-    upgrade(settings.database.url.get_secret_value())
-    chosen = [int(p) for p in partitions.split(",")] if partitions else None
+    require_kafka(settings)
+    upgrade(database_url(settings))
     try:
-        plan = plan_replay(settings, from_, to, chosen, model_version)
-    except ReplayError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        chosen = [int(p) for p in partitions.split(",")] if partitions else None
+    except ValueError:
+        fail(f"--partitions {partitions!r}: comma-separated partition numbers, e.g. 0,2")
+    plan = plan_replay(settings, from_, to, chosen, model_version)  # a ReplayError is one line (errors.py)
     replayer = Replayer(settings, plan, model_version)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: replayer.stop())
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[remaining]} remaining"), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
+    with stopping_on_signals(replayer.stop), Progress(*columns, console=console) as progress:
         task = progress.add_task(f"replay {plan.start} -> {plan.end}", total=plan.total, remaining=plan.total)
 
         def show(stats) -> None:
             progress.update(task, completed=plan.total - stats.remaining, remaining=stats.remaining)
 
-        try:
-            stats = replayer.run(show)
-        except NoModelError as exc:
-            console.print(f"[red]{exc}[/]")
-            raise typer.Exit(2) from None
+        stats = replayer.run(show)
     state = "done" if stats.remaining == 0 else f"interrupted, {stats.remaining} left (run again to resume)"
     console.print(f"replay with {stats.model_version}: {stats.processed} messages, {stats.predicted} predictions, "
                   f"{stats.dead_lettered} dead letters; {state} (group {plan.group_id})")

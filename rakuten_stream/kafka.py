@@ -16,11 +16,19 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from rakuten_stream.settings import Settings
 
 log = logging.getLogger(__name__)
+#: librdkafka's own log, through Python logging (confluent-kafka's `logger` setting) instead of raw
+#: `%3|FAIL|...` lines on stderr; the CLI shows it from WARNING up
+LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+
+
+def client_config(settings: Settings) -> dict[str, object]:
+    """The settings' librdkafka configuration, logging through :data:`LIBRDKAFKA_LOG`."""
+    return settings.kafka_config() | {"logger": LIBRDKAFKA_LOG}
 
 
 def make_producer(settings: Settings, **overrides: object) -> Producer:
     """Idempotent producer, acks=all: a retried send is never written twice."""
-    config: dict[str, object] = settings.kafka_config() | {
+    config: dict[str, object] = client_config(settings) | {
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
@@ -33,7 +41,7 @@ def make_producer(settings: Settings, **overrides: object) -> Producer:
 
 def make_consumer(settings: Settings, group_id: str, **overrides: object) -> Consumer:
     """Consumer with manual commits: offsets move only when the caller says its sinks have the data."""
-    config: dict[str, object] = settings.kafka_config() | {
+    config: dict[str, object] = client_config(settings) | {
         "group.id": group_id,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
@@ -48,7 +56,7 @@ def make_consumer(settings: Settings, group_id: str, **overrides: object) -> Con
 
 
 def make_admin(settings: Settings) -> AdminClient:
-    return AdminClient(settings.kafka_config())
+    return AdminClient(client_config(settings))
 
 
 @dataclass(frozen=True)
