@@ -1,7 +1,7 @@
 """How every command fails: one line on stderr saying what is wrong and what to do, exit code 2.
 
-Commands raise :class:`UserError` (or let a known exception through); :func:`run` (the console
-script) turns it into that one line. Unknown exceptions are bugs: they keep their traceback.
+Commands raise :class:`UserError` (or let a known exception through); :class:`ReportingGroup` (the
+app's group) turns it into that one line. Unknown exceptions are bugs: they keep their traceback.
 Exceptions of libraries are recognised only when the library is already imported, so that
 recognising them costs no start-up time.
 """
@@ -11,6 +11,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from typing import NoReturn
+
+import typer
+from typer.core import TyperGroup
 
 from rakuten_stream.settings import Settings, redact_url
 
@@ -95,14 +98,33 @@ _RECOGNISERS = (
 )
 
 
-def report(error: UserError) -> NoReturn:
-    """Print ``error`` as its one line (no markup read in the message: it may hold brackets) and exit."""
+def print_error(message: str) -> None:
+    """``message`` as one line on stderr (no markup read in it: it may hold brackets)."""
     from rich.text import Text
 
     from rakuten_cli.context import console
 
-    console.print(Text.assemble(("error:", "red"), " ", str(error)), highlight=False, soft_wrap=True)
-    raise SystemExit(error.code)
+    console.print(Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True)
+
+
+def report(error: UserError) -> NoReturn:
+    print_error(str(error))
+    raise typer.Exit(error.code)
+
+
+class ReportingGroup(TyperGroup):
+    """The command group: a command's exception that a user can fix (:func:`explain`) becomes its one line."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
+        except Exception as exc:
+            error = explain(exc)
+            if error is None:
+                raise
+            report(error)
 
 
 #: how long a command waits for Kafka to answer before saying it is unreachable

@@ -13,11 +13,11 @@ import typer
 
 from rakuten_cli import demo, infra_commands, model_commands, stream_commands, worker_commands
 from rakuten_cli.context import configure_logging
-from rakuten_cli.errors import UserError, explain, report
+from rakuten_cli.errors import ReportingGroup, print_error
 from rakuten_stream.settings import Settings
 
 app = typer.Typer(help="Classify Rakuten product listings streaming through Kafka.", no_args_is_help=True,
-                  pretty_exceptions_show_locals=False)
+                  pretty_exceptions_show_locals=False, cls=ReportingGroup)
 
 
 def _version(value: bool) -> None:
@@ -69,8 +69,8 @@ app.command("demo")(demo.demo)
 
 
 def run() -> None:
-    """The console script: the app, with every error a user can fix as one line and exit code 2
-    (:mod:`rakuten_cli.errors`); bad flags and values too. Anything else is a bug and keeps its traceback."""
+    """The console script: the app, with bad flags and values as one line and exit code 2 too (the app
+    itself reports the other errors a user can fix: :mod:`rakuten_cli.errors`)."""
     try:
         code = app(standalone_mode=False)
     except typer.Abort:  # Ctrl-C outside a command's own handling
@@ -82,12 +82,8 @@ def run() -> None:
             raise SystemExit(exc.exit_code) from None
         context = getattr(exc, "ctx", None)
         hint = f" (see `{context.command_path} --help`)" if context is not None else ""
-        report(UserError(message + hint, exc.exit_code))
-    except Exception as exc:
-        error = explain(exc)
-        if error is None:
-            raise
-        report(error)
+        print_error(message + hint)
+        raise SystemExit(exc.exit_code) from None
     raise SystemExit(code if isinstance(code, int) else 0)
 
 

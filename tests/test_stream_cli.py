@@ -193,14 +193,17 @@ def test_results_prints_predictions_with_category_names(settings, env):
     assert "2 prediction(s)" in result.output
 
 
-def test_results_as_json_lines_with_a_limit(settings, env):
+def test_results_as_json_lines_with_a_limit_keep_the_message_contract(settings, env):
+    """JSON lines are the messages as on the topic: `category` stays what the worker wrote, as in top_k
+    (only the table shows display names)."""
     predictions(settings, 2583, 10, 40)
     result = cli(env, "results", "--from-beginning", "--format", "jsonl", "--limit", "2")
 
     assert result.exit_code == 0, result.output
     lines = [Prediction.model_validate_json(line) for line in result.stdout.splitlines()]
     assert len(lines) == 2
-    assert {p.category for p in lines} <= {"accesoires de piscine", "livres", "jeux video pour pc et consoles"}
+    assert {p.category for p in lines} <= {"2583", "10", "40"}
+    assert all(p.category == p.top_k[0].category for p in lines)
 
 
 def test_results_with_a_group_resume_where_they_stopped(settings, env):
