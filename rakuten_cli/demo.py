@@ -92,7 +92,8 @@ def _model_for(settings: Settings, engine, dataset: Dataset, use_e5: bool) -> Mo
     why = ("no model in production yet" if production is None else
            f"the production model {production.version} was trained on other data (snapshot "
            f"{(production.snapshot_id or '?')[:12]}, not {snapshot[:12]})")
-    console.rule(f"training a model on {dataset.path}: {why}")
+    console.print(f"training a model on {dataset.path}: {why}", highlight=False, soft_wrap=True)
+    console.rule("training")
     result = run_training(settings, dataset.path, e5=use_e5)
     trained = registry.get_version(engine, result["version"])
     if trained.stage != "production":
