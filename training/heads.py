@@ -11,6 +11,8 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from training.parallel import expected_worker_restarts
+
 
 @dataclass(frozen=True)
 class HeadParams:
@@ -32,8 +34,9 @@ def fit_head(features: np.ndarray, labels: np.ndarray, params: HeadParams, class
     oof = np.full((len(labels), len(classes)), 1e-6)
     position = {c: i for i, c in enumerate(classes)}
     if folds >= 2:
-        fold_probs = cross_val_predict(make_head(params), features, labels, method="predict_proba",
-                                       cv=StratifiedKFold(folds, shuffle=True, random_state=seed), n_jobs=2)
+        with expected_worker_restarts():
+            fold_probs = cross_val_predict(make_head(params), features, labels, method="predict_proba",
+                                           cv=StratifiedKFold(folds, shuffle=True, random_state=seed), n_jobs=2)
         columns = [position[int(c)] for c in np.unique(labels)]
         oof[:, columns] = fold_probs
     else:  # too few rows per class for CV: in-sample probabilities (small demo sets only)

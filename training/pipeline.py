@@ -103,20 +103,31 @@ def split_dataset(dataset: Dataset, config: TrainConfig) -> tuple[_Split, _Split
 
 
 class _Steps:
-    """Rich progress for the run: one bar per step."""
+    """Rich progress for the run: one row per phase, which :meth:`done` finishes (bar full, timer
+    stopped, ✓ and the phase's time): no row is left at 0/? with a growing timer."""
 
     def __init__(self, progress: Progress | None) -> None:
         self.progress = progress
+        self._open: list = []  # the rows of the phase under way
 
     def start(self, description: str, total: int | None = None) -> Callable[[int], None]:
         if self.progress is None:
             return lambda n: None
         task = self.progress.add_task(description, total=total)
+        self._open.append(task)
         return lambda n: self.progress.advance(task, n)
 
     def done(self, description: str) -> None:
-        if self.progress is not None:
-            self.progress.add_task(f"[green]✓[/] {description}", total=1, completed=1)
+        if self.progress is None:
+            return
+        if not self._open:
+            self.start(description)
+        for task in self._open:
+            row = self.progress.tasks[task]
+            size = row.total if row.total is not None else max(row.completed, 1)
+            self.progress.update(task, total=size, completed=size)
+        self.progress.update(self._open[0], description=f"[green]✓[/] {description}")
+        self._open.clear()
 
 
 def default_progress() -> Progress:
@@ -191,9 +202,11 @@ def _train_into(out: Path, version: str, dataset: Dataset, snapshot_id: str, con
         timings["image_s"] = clock.lap()
         steps.done(f"image features + head ({timings['image_s']:.0f}s)")
 
+    steps.start(f"fusion: fitting on the out-of-fold predictions of {n_train} rows")
     fusion = fit_fusion(oof, present, train_split.y, classes, seed=config.seed)
     fusion_spec = _export_fusion(out, fusion)
     timings["fusion_s"] = clock.lap()
+    steps.done(f"fusion: {fusion.method} ({timings['fusion_s']:.0f}s)")
 
     manifest = Manifest(
         version=version, classes=classes, category_names={c: categories.get(c, str(c)) for c in classes},
@@ -208,15 +221,21 @@ def _train_into(out: Path, version: str, dataset: Dataset, snapshot_id: str, con
     scored = score_records(runtime, test_split.records, advance)
     metrics = evaluate(test_split.y, scored.probs, scored.modality_probs, scored.present, classes)
     timings["evaluation_s"] = clock.lap()
+    steps.done(f"held-out rows scored and evaluated ({timings['evaluation_s']:.0f}s)")
     metrics["timings"] = timings
     metrics["fusion"] = {"method": fusion.method, "weights": fusion.weights}
     if config.use_e5 and config.e5_int8:
+        steps.start(f"e5: int8 against fp32 on {len(test_split.y)} held-out rows")
         metrics["e5_int8_cost"] = _int8_cost(out, runtime, test_split)
+        timings["e5_int8_comparison_s"] = clock.lap()
+        steps.done(f"e5: int8 against fp32 ({timings['e5_int8_comparison_s']:.0f}s)")
 
+    steps.start("plots and report")
     pred = scored.probs.argmax(axis=1)
     images = [plot_confusion(test_split.y, pred, classes, out / "confusion_matrix.png").name,
               plot_reliability(test_split.y, {"fused": scored.probs, **scored.modality_probs},
                                out / "reliability.png").name]
+    timings["plots_s"] = clock.lap()
     report = write_report(out / "report.md", version, metrics, {
         "dataset": f"{dataset.path} ({dataset.layout}, snapshot {snapshot_id[:12]})",
         "rows": f"{n_train} train / {len(test_split.y)} held out (stratified, seed {config.seed})",
@@ -224,6 +243,7 @@ def _train_into(out: Path, version: str, dataset: Dataset, snapshot_id: str, con
         "timings (s)": {k: round(v, 1) for k, v in timings.items()},
         "e5 int8 quantisation cost": metrics.get("e5_int8_cost", "not measured"),
     }, manifest.category_names, images)
+    steps.done(f"plots and report ({timings['plots_s'] + clock.lap():.0f}s)")
     manifest = manifest.model_copy(update={"metrics": metrics})
     write_manifest(out, manifest)  # report, plots and metrics are part of the version, hashed too
     return TrainResult(version, out, metrics, report, snapshot_id, test_split.records)

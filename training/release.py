@@ -6,6 +6,7 @@ What `rakuten-stream train`, the demo and the retrain worker all do.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from rich.progress import Progress
@@ -42,7 +43,13 @@ def train_and_release(settings: Settings, engine: Engine, config: TrainConfig, p
     decision: dict = {}
     announced = False
     if promote:
+        task = progress.add_task("quality gate: candidate and production on the held-out rows", total=1) \
+            if progress is not None else None
+        started = time.monotonic()
         decision = decide(engine, result.version, result.metrics["weighted_f1"], result.test_records)
+        if task is not None:
+            progress.update(task, completed=1,
+                            description=f"[green]✓[/] quality gate ({time.monotonic() - started:.0f}s)")
         if decision["promoted"]:
             announced = announce_quietly(settings, engine, result.version)
     return Release(result, decision, announced)

@@ -406,6 +406,10 @@ def export_onnx(model: transformers.BertModel, path: Path, opset: int = 17) -> P
     try:
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced as constants: expected
+            # "... If indices include negative values, the exported graph will produce incorrect results": the
+            # indices are token positions and ids, never negative: the graph is exact (tested against torch)
+            warnings.filterwarnings("ignore", message="Exporting aten::index operator of advanced indexing",
+                                    category=UserWarning)
             torch.onnx.export(
                 encoder,
                 (ids, mask),

@@ -20,6 +20,7 @@ from sklearn.svm import LinearSVC
 
 from inference.features.tfidf import ANALYZERS, TfidfBlock, TfidfFeaturizer
 from training.onnx_export import export_classifier
+from training.parallel import expected_worker_restarts
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,10 @@ def fit_tfidf(texts: Sequence[str], labels: np.ndarray, params: TfidfParams = Tf
     smallest = int(np.bincount(np.unique(labels, return_inverse=True)[1]).min())
     classifier = _classifier(params, smallest)
     folds = max(2, min(oof_folds, smallest))
-    oof = cross_val_predict(_classifier(params, smallest - smallest // folds), X, labels,
-                            cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
-                            method="predict_proba", n_jobs=2)
+    with expected_worker_restarts():
+        oof = cross_val_predict(_classifier(params, smallest - smallest // folds), X, labels,
+                                cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+                                method="predict_proba", n_jobs=2)
     classifier.fit(X, labels)
     blocks = [TfidfBlock(name, {t: int(i) for t, i in v.vocabulary_.items()}, v.idf_.astype(np.float64))
               for name, v in zip(("word", "char"), vectorizers, strict=True)]

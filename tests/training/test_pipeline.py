@@ -106,3 +106,22 @@ def test_score_writes_one_prediction_per_row_through_the_onnx_path(tiny_model, t
     assert len(rows) == 50
     assert set(rows[0]) == {"productid", "prdtypecode", "category", "confidence", "p_tfidf", "p_image"}
     assert all(0 < float(r["confidence"]) <= 1 for r in rows)
+
+
+def test_every_progress_row_of_a_phase_finishes_when_the_phase_is_done():
+    """No row is left at 0/? with a growing timer: each phase's rows end full, with ✓ and its time."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from training.pipeline import _Steps
+
+    progress = Progress(console=Console(file=open("/dev/null", "w")))  # noqa: SIM115
+    steps = _Steps(progress)
+    steps.start("converting")  # no total: a spinner row
+    advance = steps.start("embedding", 10)
+    advance(10)
+    steps.done("e5 (3s)")
+    steps.done("a phase with no row of its own")
+    assert all(task.finished for task in progress.tasks)
+    assert [t.description for t in progress.tasks if "✓" in t.description] == [
+        "[green]✓[/] e5 (3s)", "[green]✓[/] a phase with no row of its own"]
