@@ -1,7 +1,7 @@
 """The README's first command, as a new user runs it: a fresh virtual environment, the light extras
 of this checkout (a real `pip install`, pip's own cache reused), then the demo. Without torch.
 
-Slow (an install, about 1.5 minutes here): marked `first_command`, deselect it locally with
+Slow (an install and a demo: 1.5 to 3 minutes here): marked `first_command`, deselect it locally with
 `-m "not first_command"`; CI runs it.
 """
 

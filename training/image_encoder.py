@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -130,17 +131,21 @@ def export_onnx(model: torch.nn.Module, path: Path, params: ImagePreprocessing, 
             probe = model(dummy)
         if probe.ndim != 2:
             raise ValueError(f"model must return [batch, features], got shape {tuple(probe.shape)}")
-        torch.onnx.export(
-            model,
-            (dummy,),
-            str(tmp_path),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+        with warnings.catch_warnings():
+            # "Constant folding - Only steps=1 can be constant folded ... not applied": a Slice of the TF
+            # "same" padding stays a Slice in the graph; the output is the same (checked below against torch)
+            warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
+            torch.onnx.export(
+                model,
+                (dummy,),
+                str(tmp_path),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
         graph = onnx.load(str(tmp_path))
         meta = graph.metadata_props.add()
         meta.key = PREPROCESSING_METADATA_KEY
