@@ -1,1 +1,1 @@
-"""The HTTP service and web page: synchronous predictions on the workers '"s inference path."""
+"""The HTTP service and web page: synchronous predictions on the inference path of the workers."""
