@@ -66,6 +66,10 @@ app.command("request-retrain")(model_commands.request_retrain)
 app.command("worker")(worker_commands.worker)
 app.command("replay")(worker_commands.replay)
 app.command("demo")(demo.demo)
+# -- the HTTP service and its page --
+from rakuten_cli import http_commands  # noqa: E402
+
+app.command("serve")(http_commands.serve)
 
 
 def run() -> None:

@@ -1,7 +1,7 @@
 """One typed settings object for every part of the service, in named groups.
 
 ``Settings`` holds one small settings class per concern (``kafka``, ``topics``, ``broker``,
-``database``, ``cache``, ``models``, ``worker``, ``images``, ``inference``) and is passed whole.
+``database``, ``cache``, ``models``, ``worker``, ``images``, ``inference``, ``http``) and is passed whole.
 Every value reads from a ``RAKUTEN_*`` environment variable (or a ``.env`` file): a group's prefix
 plus the field name (``RAKUTEN_KAFKA_BOOTSTRAP_SERVERS``, ``RAKUTEN_TOPIC_PRODUCTS``), except where
 a field names its variable itself (``RAKUTEN_REDIS_URL``, ``RAKUTEN_BATCH_MAX_MESSAGES``). CLI flags
@@ -130,6 +130,22 @@ class InferenceSettings(BaseSettings):
     top_k: int = Field(3, ge=1)
 
 
+class HttpSettings(BaseSettings):
+    """``rakuten-stream serve``: the HTTP service and its page."""
+
+    model_config = _group("RAKUTEN_HTTP_")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_keys: SecretStr = Field(SecretStr(""), validation_alias=_env("api_keys", "RAKUTEN_API_KEYS"),
+                                description="comma-separated keys that may write (and predict, if keyed)")
+    predict_requires_key: bool = Field(False, description="POST /v1/predict needs an API key too")
+    max_body_bytes: int = Field(8_000_000, ge=1024, description="larger request bodies are refused unread (413)")
+    max_listings: int = Field(64, ge=1, description="listings in one POST /v1/predict")
+    batch_max_listings: int = Field(64, ge=1, description="dynamic batching: listings per model call")
+    batch_max_wait_ms: float = Field(10.0, ge=0, description="dynamic batching: longest wait of the oldest request")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAKUTEN_SETTINGS_", extra="ignore", frozen=True)
 
@@ -142,6 +158,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
 
     def with_overrides(self, **groups: dict[str, Any] | None) -> Settings:
         """A copy with values replaced, validated like the environment:
