@@ -79,6 +79,7 @@ def create_app(settings: Settings, *, batching: bool = True, engine: Engine | No
             predictor.close()
             if engine is None:
                 db.dispose()
+            del app.state.service  # the Kafka clients go with the last reference
 
     app = FastAPI(title="rakuten-stream", version="1",
                   summary="Categories of Rakuten France listings, on the inference path of the stream workers.",
