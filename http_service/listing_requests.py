@@ -78,8 +78,8 @@ async def read_listings(request: Request, max_listings: int, productid_required:
     elif content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
         many, entries = False, [await _form_listing(request)]
     else:
-        raise ListingProblem([{"field": "content-type",
-                               "reason": "send application/json, multipart/form-data or a urlencoded form"}], status_code=415)
+        reason = "send application/json, multipart/form-data or a urlencoded form"
+        raise ListingProblem([{"field": "content-type", "reason": reason}], status_code=415)
     if not entries:
         raise ListingProblem([{"field": "(body)", "reason": "an empty list: give at least one listing"}])
     if len(entries) > max_listings:
