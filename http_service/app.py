@@ -35,7 +35,7 @@ from http_service.publishing import TopicWriter
 from http_service.service import Service
 from rakuten_stream.cache import PredictionCache
 from rakuten_stream.database import make_engine
-from rakuten_stream.kafka import make_admin
+from rakuten_stream.kafka import ensure_topics, make_admin
 from rakuten_stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ def create_app(settings: Settings, *, batching: bool = True, engine: Engine | No
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(ensure_topics, settings)  # as a worker does: the control topic included
         db = engine or make_engine(settings.database.url.get_secret_value())
         cache = None
         if settings.cache.enabled:

@@ -10,10 +10,8 @@ import threading
 
 from rakuten_stream.kafka import (
     DeliveryTracker,
-    ensure_topics,
     make_producer,
     produce_with_backpressure,
-    service_topics,
 )
 from rakuten_stream.settings import Settings
 
@@ -28,11 +26,10 @@ class TopicWriter:
         self.ack_timeout_s = ack_timeout_s
         self._producer = None
         self._lock = threading.Lock()
-        self._topics_ready: set[str] = set()
 
     def send(self, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
         """Produce ``(key, value)`` pairs to ``topic`` and wait for their acknowledgements (blocking)."""
-        producer = self._ready(topic)
+        producer = self._ready()
         tracker = DeliveryTracker()
         for key, value in messages:
             produce_with_backpressure(producer, topic, value, key=key, on_delivery=tracker)
@@ -42,11 +39,8 @@ class TopicWriter:
             raise PublishFailed(f"{len(messages) - tracker.delivered} of {len(messages)} message(s) to {topic} "
                                 f"not written: {reasons}")
 
-    def _ready(self, topic: str):
+    def _ready(self):
         with self._lock:
-            if topic not in self._topics_ready:
-                ensure_topics(self.settings, [s for s in service_topics(self.settings) if s.name == topic])
-                self._topics_ready.add(topic)
             if self._producer is None:
                 self._producer = make_producer(self.settings)
             return self._producer
