@@ -12,7 +12,7 @@
 FROM python:3.11-slim
 
 # `training` = the `train` and `deep` extras (torch, transformers for the e5 and image models)
-ARG EXTRAS=training,drift
+ARG EXTRAS=training,drift,serve
 # where torch comes from when EXTRAS needs it: the CPU build by default (about 1 GB less than
 # PyPI's CUDA build); a CUDA index of download.pytorch.org for a GPU image
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
@@ -39,9 +39,11 @@ WORKDIR /app
 COPY pyproject.toml README.m[d] ./
 COPY schemas ./schemas
 COPY rakuten_stream ./rakuten_stream
+COPY inference ./inference
 COPY producers ./producers
 COPY stream_workers ./stream_workers
 COPY training ./training
+COPY http_service ./http_service
 COPY rakuten_cli ./rakuten_cli
 
 # the whole install in one layer; torch first (same bound as the `deep` extra) so that pip keeps

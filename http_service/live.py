@@ -120,7 +120,7 @@ class StreamPulse:
             return {"throughput_per_s": self._throughput(), "lag": self._lag(),
                     "drift": latest_drift_window(self.engine)}
 
-    def _probe_(self) -> LagProbe:
+    def _lag_probe(self) -> LagProbe:
         if self._probe is None:
             self._probe = LagProbe(self.settings, timeout_s=3.0)
         return self._probe
@@ -128,7 +128,7 @@ class StreamPulse:
     def _throughput(self) -> float | None:
         topic = self.settings.topics.predictions
         try:
-            probe = self._probe_()
+            probe = self._lag_probe()
             total = sum(probe.watermarks(topic, p)[1] for p in probe.partitions(topic))
         except Exception as exc:  # noqa: BLE001 - a missing topic or broker: nothing to show
             log.debug("throughput of %s not measured: %s", topic, exc)
@@ -142,7 +142,7 @@ class StreamPulse:
     def _lag(self) -> dict[str, Any] | None:
         group, topic = self.settings.worker.group_id, self.settings.topics.products
         try:
-            partitions = self._probe_().consumer_lag(group, topic)
+            partitions = self._lag_probe().consumer_lag(group, topic)
         except Exception as exc:  # noqa: BLE001 - LagError, or an unreachable broker
             log.debug("lag of %s on %s not measured: %s", group, topic, exc)
             return None
