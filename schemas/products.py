@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from schemas.versioning import Base64Data, VersionedMessage
+from schemas.versioning import Base64Data, DecodeLimits, MessageError, VersionedMessage
+
+
+@dataclass(frozen=True)
+class ListingLimits(DecodeLimits):
+    """Bounds on a listing. Over-long text is rejected (a dead letter), never cut short: a
+    prediction stored for a listing must be a prediction of that whole listing."""
+
+    max_title_chars: int = 1_000  # the Rakuten catalogue's longest title is 250
+    max_description_chars: int = 50_000  # its longest description is about 10,000
+
 
 
 class ProductImage(BaseModel):
@@ -54,3 +65,27 @@ class ProductListing(VersionedMessage):
     @property
     def key(self) -> bytes:
         return str(self.productid).encode()
+
+    @classmethod
+    def default_limits(cls) -> ListingLimits:
+        return ListingLimits()
+
+    def check_limits(self, limits: DecodeLimits) -> None:
+        if not isinstance(limits, ListingLimits):
+            return
+        if len(self.designation) > limits.max_title_chars:
+            raise MessageError("title_too_long", f"designation (the title) has {len(self.designation)} characters, "
+                               f"over the limit of {limits.max_title_chars}")
+        if self.description is not None and len(self.description) > limits.max_description_chars:
+            raise MessageError("description_too_long", f"description has {len(self.description)} characters, "
+                               f"over the limit of {limits.max_description_chars}")
+
+    @classmethod
+    def reason_of(cls, exc: ValidationError) -> str:
+        first = exc.errors()[0]
+        loc = tuple(str(p) for p in first["loc"])
+        if loc == ("designation",) and first["type"] in ("missing", "value_error"):
+            return "missing_title" if first["type"] == "missing" else "empty_title"
+        if loc == ("image", "data") and first["type"] == "value_error":
+            return "bad_base64"
+        return super().reason_of(exc)

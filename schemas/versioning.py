@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from dataclasses import dataclass
 from typing import Annotated, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, PlainSerializer, ValidationError, WithJsonSchema, field_validator
@@ -46,6 +47,32 @@ class MessageError(ValueError):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Bounds on an untrusted message, checked before the JSON parser runs."""
+
+    max_message_bytes: int = 4_194_304
+    max_depth: int = 32  # nesting of objects and arrays; the JSON parser and pydantic recurse
+
+
+def nesting_exceeds(raw: bytes, data: object, limit: int) -> bool:
+    """Whether arrays and objects in a parsed message nest deeper than ``limit``.
+
+    Free for almost every message: fewer brackets in the bytes than the limit cannot nest
+    deeper. Otherwise an iterative walk (no recursion) that stops at the first too-deep value.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    stack = [(data, 1)] if isinstance(data, dict | list) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 class VersionedMessage(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
@@ -70,27 +97,59 @@ class VersionedMessage(BaseModel):
         return self.model_dump_json(exclude_none=True).encode()
 
     @classmethod
-    def from_bytes(cls: type[M], raw: bytes | str | None) -> M:
-        """Parse and validate; raises :class:`MessageError` naming the offending fields."""
+    def from_bytes(cls: type[M], raw: bytes | str | None, limits: DecodeLimits | None = None) -> M:
+        """Parse and validate; raises :class:`MessageError` (and nothing else) naming what is wrong.
+
+        In order: size (``message_too_large``), UTF-8 (``not_utf8``), JSON (``not_json``), nesting
+        depth (``too_deep``: the parser's guard, then an iterative count before validation), an object (``not_object``), the contract
+        (``unsupported_version``, ``invalid_schema`` or a more precise code of the message type),
+        then the type's own limits (:meth:`check_limits`).
+        """
+        limits = limits or cls.default_limits()
         if raw is None or raw == b"" or raw == "":
             raise MessageError("empty", f"empty message where a {cls.TOPIC} message was expected")
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", errors="surrogatepass")
+        if len(raw) > limits.max_message_bytes:
+            raise MessageError("message_too_large", f"{len(raw)} bytes, over the {limits.max_message_bytes}-byte "
+                               f"limit of a {cls.TOPIC} message")
         try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise MessageError("not_json", f"not JSON: {exc}") from None
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MessageError("not_utf8", f"not UTF-8 text: {exc}") from None
+        too_deep = MessageError("too_deep", f"JSON nested deeper than the limit of {limits.max_depth} levels")
+        try:
+            data = json.loads(text)
+        except RecursionError:  # the parser's own guard, at about a thousand levels
+            raise too_deep from None
+        except ValueError as exc:  # JSONDecodeError, and an integer of over 4300 digits
+            raise MessageError("not_json", f"not JSON: {str(exc)[:300]}") from None
+        if nesting_exceeds(raw, data, limits.max_depth):  # before pydantic, which recurses too
+            raise too_deep
         if not isinstance(data, dict):
             raise MessageError("not_object", f"expected a JSON object, got {type(data).__name__}")
         try:
-            return cls.model_validate(data)
+            message = cls.model_validate(data)
         except ValidationError as exc:
-            raise MessageError(_reason(exc), describe_validation_error(exc, cls.TOPIC)) from None
+            raise MessageError(cls.reason_of(exc), describe_validation_error(exc, cls.TOPIC)) from None
+        except (ValueError, TypeError, RecursionError) as exc:  # a validator that failed in an unforeseen way
+            raise MessageError("invalid_schema", f"invalid {cls.TOPIC} message: {str(exc)[:300]}") from None
+        message.check_limits(limits)
+        return message
 
+    @classmethod
+    def default_limits(cls) -> DecodeLimits:
+        return DecodeLimits()
 
-def _reason(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    if first["loc"] and first["loc"][0] == "schema_version":
-        return "unsupported_version"
-    return "invalid_schema"
+    def check_limits(self, limits: DecodeLimits) -> None:
+        """Raise :class:`MessageError` when a valid message is over a limit of its type."""
+
+    @classmethod
+    def reason_of(cls, exc: ValidationError) -> str:
+        first = exc.errors()[0]
+        if first["loc"] and first["loc"][0] == "schema_version":
+            return "unsupported_version"
+        return "invalid_schema"
 
 
 def describe_validation_error(exc: ValidationError, topic: str) -> str:

@@ -17,6 +17,7 @@ from rakuten_stream.metrics import ServiceMetrics
 from rakuten_stream.settings import Settings
 from schemas import DeadLetter, Prediction, SourcePosition
 from stream_workers.decoding import DecodedListing, Rejected, decode_batch
+from stream_workers.image_sources import ImagePolicy
 
 
 @dataclass
@@ -34,14 +35,14 @@ class BatchProcessor:
         self.cache = cache
         self.metrics = metrics
         self.settings = settings
+        self.images = ImagePolicy(max_bytes=settings.images.max_bytes, fetch_timeout_s=settings.images.fetch_timeout_s)
         self.worker_id = worker_id
 
     def process(self, messages: list) -> BatchOutcome:
         runtime = self.runtime  # one version per batch, even if a reload happens meanwhile
         stage = self.metrics.stage_seconds
         start = time.perf_counter()
-        decoded, rejected = decode_batch(messages, self.settings.images.max_bytes,
-                                         self.settings.images.fetch_timeout_s, want_images=runtime.has_image_model)
+        decoded, rejected = decode_batch(messages, self.images, want_images=runtime.has_image_model)
         stage.labels("decode").observe(time.perf_counter() - start)
         outcome = BatchOutcome()
         for r in rejected:

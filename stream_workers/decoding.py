@@ -1,12 +1,17 @@
 """From Kafka messages to listings ready for the model, or to dead letters with the reason.
 
 Bad input never stops a batch: each message either becomes a :class:`DecodedListing` or a
-:class:`Rejected` that the worker sends to the dead-letter topic with the original bytes.
+:class:`Rejected` that the worker sends to the dead-letter topic with the original bytes and a
+precise reason code (``not_json``, ``too_deep``, ``title_too_long``, ``truncated_image``, ...).
+An image by reference that cannot be had (refused, missing, too large, too slow, not an image)
+is not a reason to reject the listing: it is classified on its text, and the reason is kept
+as ``image_note`` (and ``image_outcome``, a metric label) for the prediction.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,8 +19,10 @@ from PIL import Image
 
 from inference.features.images import ImageDecodeError, decode_image
 from inference.features.text_cleaning import ListingText
-from schemas import MessageError, ProductListing
-from stream_workers.image_sources import ImageFetchError, fetch_many
+from schemas import ListingLimits, MessageError, ProductListing
+from stream_workers.image_sources import FetchOutcome, ImageFetchError, ImagePolicy, fetch_many
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,6 +33,7 @@ class DecodedListing:
     image: Image.Image | None
     image_note: str | None  # why a referenced image was not used (text-only fallback)
     content_hash: str
+    image_outcome: str | None = None  # ok, refused, timeout, too_large, not_an_image, ...; None: no image URI
 
 
 @dataclass
@@ -39,47 +47,65 @@ def content_hash(listing: ProductListing, image_bytes: bytes | None) -> str:
     """What the prediction depends on: title, description and image bytes."""
     digest = hashlib.sha256()
     for part in (listing.designation, listing.description or ""):
-        digest.update(part.encode())
+        digest.update(part.encode("utf-8", errors="surrogatepass"))
         digest.update(b"\x00")
     if image_bytes:
         digest.update(hashlib.sha256(image_bytes).digest())
     return digest.hexdigest()
 
 
-def decode_batch(messages: Sequence, max_image_bytes: int, fetch_timeout_s: float, want_images: bool
+def parse(message, limits: ListingLimits) -> ProductListing | Rejected:
+    """One message's listing, or its rejection; never an exception."""
+    try:
+        return ProductListing.from_bytes(message.value(), limits)
+    except MessageError as exc:
+        return Rejected(message, exc.reason, str(exc))
+    except Exception as exc:  # a bug, not bad input: still this message's dead letter, not the batch's end
+        log.exception("unexpected failure decoding the message at %s[%s]@%s", message.topic(), message.partition(),
+                      message.offset())
+        return Rejected(message, "decode_error", f"{type(exc).__name__}: {str(exc)[:300]}")
+
+
+def decode_batch(messages: Sequence, images: ImagePolicy, want_images: bool, limits: ListingLimits | None = None,
                  ) -> tuple[list[DecodedListing], list[Rejected]]:
+    limits = limits or ListingLimits()
     parsed: list[tuple[object, ProductListing]] = []
     rejected: list[Rejected] = []
     for message in messages:
-        try:
-            parsed.append((message, ProductListing.from_bytes(message.value())))
-        except MessageError as exc:
-            rejected.append(Rejected(message, exc.reason, str(exc)))
+        result = parse(message, limits)
+        if isinstance(result, Rejected):
+            rejected.append(result)
+        else:
+            parsed.append((message, result))
 
     uris = {i: listing.image.uri for i, (_, listing) in enumerate(parsed)
             if want_images and listing.image is not None and listing.image.uri}
-    fetched = fetch_many(uris, fetch_timeout_s, max_image_bytes)
+    fetched = fetch_many(uris, images)
 
     decoded: list[DecodedListing] = []
     for i, (message, listing) in enumerate(parsed):
-        image, note, image_bytes = None, None, None
+        image, note, outcome, image_bytes = None, None, None, None
         if listing.image is not None and listing.image.data is not None:
             image_bytes = listing.image.data
             try:  # an inline payload that is not an image is bad input: dead letter
-                image = decode_image(image_bytes, max_bytes=max_image_bytes) if want_images else None
+                image = _decode(image_bytes, images) if want_images else None
             except ImageDecodeError as exc:
-                rejected.append(Rejected(message, "bad_image", f"image.data: {exc}"))
+                rejected.append(Rejected(message, exc.reason, f"image.data: {exc}"))
                 continue
         elif i in fetched:
             result = fetched[i]
             if isinstance(result, ImageFetchError):
-                note = f"image not fetched, text only: {result}"
+                outcome, note = result.outcome.value, f"image not used, text only: {result}"
             else:
-                image_bytes = result
+                image_bytes, outcome = result, FetchOutcome.OK.value
                 try:
-                    image = decode_image(result, max_bytes=max_image_bytes)
+                    image = _decode(result, images)
                 except ImageDecodeError as exc:
-                    image, note = None, f"image unreadable, text only: {exc}"
+                    outcome, note = exc.reason, f"image not used, text only: {exc.reason}: {exc}"
         decoded.append(DecodedListing(message, listing, ListingText.of(listing.designation, listing.description),
-                                      image, note, content_hash(listing, image_bytes)))
+                                      image, note, content_hash(listing, image_bytes), outcome))
     return decoded, rejected
+
+
+def _decode(data: bytes, images: ImagePolicy) -> Image.Image:
+    return decode_image(data, max_bytes=images.max_bytes, max_pixels=images.max_pixels)

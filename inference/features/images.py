@@ -124,7 +124,16 @@ class ImagePreprocessing:
 
 
 class ImageDecodeError(ValueError):
-    """The payload is not an image this service accepts; the message says why."""
+    """The payload is not an image this service accepts; the message says why.
+
+    ``reason`` is a stable code for dead letters and metrics: ``not_an_image``,
+    ``image_too_large`` (bytes), ``too_many_pixels`` (decompression bomb),
+    ``truncated_image`` or ``corrupt_image``.
+    """
+
+    def __init__(self, message: str, reason: str = "corrupt_image") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def decode_image(data: bytes, max_bytes: int = 5_000_000, max_pixels: int = 40_000_000) -> Image.Image:
@@ -143,20 +152,21 @@ def decode_image(data: bytes, max_bytes: int = 5_000_000, max_pixels: int = 40_0
     Raises :class:`ImageDecodeError` with a human-readable reason.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ImageDecodeError(f"expected image bytes, got {type(data).__name__}")
+        raise ImageDecodeError(f"expected image bytes, got {type(data).__name__}", "not_an_image")
     n_bytes = len(data)
     if n_bytes == 0:
-        raise ImageDecodeError("empty payload: 0 bytes, not an image")
+        raise ImageDecodeError("empty payload: 0 bytes, not an image", "not_an_image")
     if n_bytes > max_bytes:
-        raise ImageDecodeError(f"payload too large: {n_bytes} bytes > limit of {max_bytes} bytes")
+        raise ImageDecodeError(f"payload too large: {n_bytes} bytes > limit of {max_bytes} bytes", "image_too_large")
 
     try:
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"too many pixels (possible decompression bomb): {exc}") from exc
+        raise ImageDecodeError(f"too many pixels (possible decompression bomb): {exc}", "too_many_pixels") from exc
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(
-            f"not a recognised image: {n_bytes} bytes that are not one of {', '.join(ACCEPTED_FORMATS)}"
+            f"not a recognised image: {n_bytes} bytes that are not one of {', '.join(ACCEPTED_FORMATS)}",
+            "not_an_image",
         ) from exc
     except MemoryError:
         raise
@@ -169,7 +179,7 @@ def decode_image(data: bytes, max_bytes: int = 5_000_000, max_pixels: int = 40_0
     if width * height > max_pixels:
         raise ImageDecodeError(
             f"too many pixels (possible decompression bomb): {width}x{height} = "
-            f"{width * height} > limit of {max_pixels}"
+            f"{width * height} > limit of {max_pixels}", "too_many_pixels",
         )
 
     try:
@@ -180,7 +190,7 @@ def decode_image(data: bytes, max_bytes: int = 5_000_000, max_pixels: int = 40_0
     except OSError as exc:
         # Pillow reports missing data as "image file is truncated" or "Truncated File Read".
         reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
-        raise ImageDecodeError(f"{reason} {image.format} image: {exc}") from exc
+        raise ImageDecodeError(f"{reason} {image.format} image: {exc}", f"{reason}_image") from exc
     except Exception as exc:  # untrusted input: any decoder failure is a bad payload
         raise ImageDecodeError(f"corrupt {image.format} image: {type(exc).__name__}: {exc}") from exc
 

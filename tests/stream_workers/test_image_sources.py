@@ -1,29 +1,82 @@
-"""Images by reference: file:// and http(s):// with size limits and timeouts (a loopback server)."""
+"""Images by reference are fetched under a policy: roots, regular files, addresses, deadlines, sizes.
+
+Servers are on loopback, started by the tests; loopback is refused unless allow-listed, so the
+policy of most tests allow-lists 127.0.0.1 and one test checks the refusal without it.
+"""
 
 from __future__ import annotations
 
 import http.server
+import ipaddress
+import os
+import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from stream_workers.image_sources import ImageFetchError, fetch, fetch_many
+from stream_workers.image_sources import FetchOutcome, ImageFetchError, ImagePolicy, fetch, fetch_many, non_public_kind
+
+BIG = 10_000_000  # the 10 MB image of issue 8
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        if self.path == "/slow.jpg":
-            time.sleep(2)
-        if self.path in ("/photo.jpg", "/slow.jpg"):
-            body = self.server.photo
+        photo, path = self.server.photo, self.path
+        if path == "/photo.jpg":
+            self._send(photo)
+        elif path == "/big.jpg":  # announced as too large
+            self._send(b"\xff" * BIG)
+        elif path == "/big-unannounced.jpg":  # no Content-Length: only the cap while streaming stops it
             self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
             self.end_headers()
-            self.wfile.write(body)
+            for _ in range(BIG // 65536 + 1):
+                self.wfile.write(b"\xff" * 65536)
+        elif path == "/trickle.jpg":  # one byte every 0.2 s, forever
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(photo)))
+            self.end_headers()
+            for byte in photo:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.2)
+        elif path == "/trickle-headers.jpg":  # never finishes its headers
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 1000:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.2)
+        elif path.startswith("/redirect/"):  # /redirect/N -> ... -> /photo.jpg after N hops
+            hops = int(path.rsplit("/", 1)[1])
+            self._redirect("/photo.jpg" if hops <= 1 else f"/redirect/{hops - 1}")
+        elif path.startswith("/redirect-to?"):
+            self._redirect(path.split("?", 1)[1])
         else:
             self.send_error(404)
+
+    def _send(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except OSError:
+            pass
+
+    def _redirect(self, location: str) -> None:
+        self.send_response(302)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except OSError:  # the client hung up on a trickle: expected
+            pass
 
     def log_message(self, *args) -> None:
         pass
@@ -37,35 +90,170 @@ def photo(data_dir: Path) -> bytes:
 @pytest.fixture(scope="module")
 def server(photo):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.daemon_threads = True
     httpd.photo = photo
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
+    httpd.server_close()
 
 
-def test_an_http_image_arrives_byte_for_byte(server, photo):
-    assert fetch(f"{server}/photo.jpg", timeout_s=5, max_bytes=5_000_000) == photo
+@pytest.fixture(scope="module")
+def silent_server():
+    """Accepts connections (the kernel's backlog does) and never says a word."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
 
 
-def test_a_missing_http_image_is_an_error_not_a_crash(server):
-    with pytest.raises(ImageFetchError, match="404"):
-        fetch(f"{server}/missing.jpg", timeout_s=5, max_bytes=5_000_000)
+TRUSTED = ImagePolicy(allowed_hosts=("127.0.0.1",), fetch_timeout_s=1.0, batch_timeout_s=1.5)
 
 
-def test_an_oversized_image_is_refused(server, photo, tmp_path):
-    with pytest.raises(ImageFetchError, match="limit"):
-        fetch(f"{server}/photo.jpg", timeout_s=5, max_bytes=len(photo) - 1)
-    big = tmp_path / "big.jpg"
-    big.write_bytes(photo)
-    with pytest.raises(ImageFetchError, match="limit"):
-        fetch(f"file://{big}", timeout_s=5, max_bytes=10)
+def outcome_of(uri: str, policy: ImagePolicy) -> FetchOutcome:
+    with pytest.raises(ImageFetchError) as caught:
+        fetch(uri, policy)
+    return caught.value.outcome
 
 
-def test_a_slow_server_times_out_without_holding_up_the_others(server, photo):
+# --- http(s) ----------------------------------------------------------------------------------------
+def test_an_http_image_from_an_allow_listed_host_arrives_byte_for_byte(server, photo):
+    assert fetch(f"{server}/photo.jpg", TRUSTED) == photo
+    assert fetch(f"{server}/photo.jpg", ImagePolicy(allowed_hosts=("127.0.0.0/8",))) == photo  # a CIDR
+
+
+def test_loopback_is_refused_without_the_allow_list(server):
+    error = pytest.raises(ImageFetchError, fetch, f"{server}/photo.jpg", ImagePolicy()).value
+    assert error.outcome is FetchOutcome.REFUSED and "loopback" in str(error)
+    port = server.rsplit(":", 1)[1]
+    assert outcome_of(f"http://localhost:{port}/photo.jpg", ImagePolicy()) is FetchOutcome.REFUSED
+
+
+@pytest.mark.parametrize("address", [
+    "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0", "224.0.0.1",
+    "240.0.0.1", "100.64.0.1", "::1", "::", "fe80::1", "fc00::1", "ff02::1", "::ffff:127.0.0.1",
+    "::ffff:169.254.169.254", "2002:7f00:1::1",
+])
+def test_non_public_addresses_are_refused_v4_and_v6(address):
+    assert non_public_kind(ipaddress.ip_address(address)) is not None
+    host = f"[{address}]" if ":" in address else address
+    assert outcome_of(f"http://{host}:9/x.jpg", ImagePolicy()) is FetchOutcome.REFUSED
+
+
+def test_public_addresses_pass_the_address_check():
+    for address in ("8.8.8.8", "2001:4860:4860::8888", "151.101.1.1"):
+        assert non_public_kind(ipaddress.ip_address(address)) is None
+
+
+def test_a_missing_http_image_is_not_found(server):
+    assert outcome_of(f"{server}/missing.jpg", TRUSTED) is FetchOutcome.NOT_FOUND
+
+
+def test_redirects_are_followed_up_to_the_limit_and_each_hop_is_checked(server, photo):
+    assert fetch(f"{server}/redirect/3", TRUSTED) == photo
+    assert outcome_of(f"{server}/redirect/4", TRUSTED) is FetchOutcome.TOO_MANY_REDIRECTS
+    port = server.rsplit(":", 1)[1]
+    # the allow-listed address redirects to one that is not allow-listed: refused at that hop
+    assert outcome_of(f"{server}/redirect-to?http://[::1]:{port}/photo.jpg", TRUSTED) is FetchOutcome.REFUSED
+    assert outcome_of(f"{server}/redirect-to?http://169.254.169.254/latest/meta-data/", TRUSTED) is \
+        FetchOutcome.REFUSED
+    assert outcome_of(f"{server}/redirect-to?file:///etc/passwd", TRUSTED) is FetchOutcome.REFUSED
+
+
+def test_a_10_mb_image_is_refused_whether_announced_or_streamed(server):
+    assert outcome_of(f"{server}/big.jpg", TRUSTED) is FetchOutcome.TOO_LARGE
+    assert outcome_of(f"{server}/big-unannounced.jpg", TRUSTED) is FetchOutcome.TOO_LARGE
+
+
+@pytest.mark.parametrize("path", ["/trickle.jpg", "/trickle-headers.jpg"])
+def test_a_trickling_server_is_cut_off_at_the_fetch_deadline(server, path):
     start = time.monotonic()
-    results = fetch_many({0: f"{server}/slow.jpg", 1: f"{server}/photo.jpg", 2: "file:///nonexistent.jpg"},
-                         timeout_s=0.5, max_bytes=5_000_000)
-    assert time.monotonic() - start < 1.9
-    assert isinstance(results[0], ImageFetchError) and results[1] == photo
-    assert isinstance(results[2], ImageFetchError)
+    assert outcome_of(f"{server}{path}", TRUSTED) is FetchOutcome.TIMEOUT
+    assert time.monotonic() - start < TRUSTED.fetch_timeout_s + 0.5
+
+
+def test_a_batch_of_silent_servers_costs_one_batch_deadline_not_one_per_message(silent_server, server, photo):
+    uris = {i: f"{silent_server}/{i}.jpg" for i in range(20)} | {"good": f"{server}/photo.jpg"}
+    start = time.monotonic()
+    results = fetch_many(uris, TRUSTED)
+    assert time.monotonic() - start < TRUSTED.batch_timeout_s + 0.5  # not 20 x the fetch deadline
+    assert results["good"] == photo
+    assert all(isinstance(results[i], ImageFetchError) and results[i].outcome is FetchOutcome.TIMEOUT
+               for i in range(20))
+
+
+def test_the_batch_deadline_bounds_fetches_waiting_for_a_thread(silent_server):
+    policy = ImagePolicy(allowed_hosts=("127.0.0.1",), fetch_timeout_s=1.0, batch_timeout_s=1.2, max_parallel=2)
+    start = time.monotonic()
+    results = fetch_many({i: f"{silent_server}/{i}.jpg" for i in range(6)}, policy)
+    assert time.monotonic() - start < policy.batch_timeout_s + 0.5
+    assert {r.outcome for r in results.values()} == {FetchOutcome.TIMEOUT}
+
+
+def test_an_unsupported_scheme_is_refused():
+    assert outcome_of("ftp://example.org/x.jpg", TRUSTED) is FetchOutcome.REFUSED
+
+
+# --- file:// ----------------------------------------------------------------------------------------
+@pytest.fixture
+def root(tmp_path: Path, photo: bytes) -> Path:
+    root = tmp_path / "images"
+    root.mkdir()
+    (root / "photo.jpg").write_bytes(photo)
+    return root
+
+
+def test_file_uris_are_refused_when_no_root_is_configured(root):
+    assert outcome_of((root / "photo.jpg").as_uri(), ImagePolicy()) is FetchOutcome.REFUSED
+
+
+def test_a_file_under_a_root_is_read_and_one_outside_is_refused(root, photo, tmp_path):
+    policy = ImagePolicy(file_roots=(root,))
+    assert fetch((root / "photo.jpg").as_uri(), policy) == photo
+    assert outcome_of("file:///etc/passwd", policy) is FetchOutcome.REFUSED
+    assert outcome_of(f"file://{root}/../../../../etc/passwd", policy) is FetchOutcome.REFUSED
+    (tmp_path / "secret.jpg").write_bytes(photo)
+    assert outcome_of(f"file://{root}/%2E%2E/secret.jpg", policy) is FetchOutcome.REFUSED
+    assert outcome_of((root / "missing.jpg").as_uri(), policy) is FetchOutcome.NOT_FOUND
+
+
+def test_a_symlink_is_resolved_and_checked_against_the_roots(root, photo, tmp_path):
+    policy = ImagePolicy(file_roots=(root,))
+    (tmp_path / "outside.jpg").write_bytes(photo)
+    (root / "escape.jpg").symlink_to(tmp_path / "outside.jpg")
+    (root / "alias.jpg").symlink_to(root / "photo.jpg")
+    assert outcome_of((root / "escape.jpg").as_uri(), policy) is FetchOutcome.REFUSED
+    assert fetch((root / "alias.jpg").as_uri(), policy) == photo
+
+
+def test_a_fifo_under_a_root_is_refused_at_once_without_blocking(root):
+    os.mkfifo(root / "pipe.jpg")
+    start = time.monotonic()
+    error = pytest.raises(ImageFetchError, fetch, (root / "pipe.jpg").as_uri(), ImagePolicy(file_roots=(root,))).value
+    assert time.monotonic() - start < 0.5
+    assert error.outcome is FetchOutcome.REFUSED and "FIFO" in str(error)
+
+
+def test_devices_and_directories_are_refused_even_under_a_root(root):
+    policy = ImagePolicy(file_roots=(Path("/dev"), root))
+    for uri in ("file:///dev/zero", "file:///dev/urandom", "file:///dev/null", root.as_uri()):
+        start = time.monotonic()
+        assert outcome_of(uri, policy) is FetchOutcome.REFUSED
+        assert time.monotonic() - start < 0.5
+
+
+def test_an_oversized_file_is_refused(root, photo):
+    (root / "big.jpg").write_bytes(b"\xff" * BIG)
+    assert outcome_of((root / "big.jpg").as_uri(), ImagePolicy(file_roots=(root,))) is FetchOutcome.TOO_LARGE
+    assert outcome_of((root / "photo.jpg").as_uri(),
+                      ImagePolicy(file_roots=(root,), max_bytes=len(photo) - 1)) is FetchOutcome.TOO_LARGE
+
+
+def test_a_mixed_batch_reports_each_uri_on_its_own(server, root, photo):
+    policy = ImagePolicy(file_roots=(root,), allowed_hosts=("127.0.0.1",), fetch_timeout_s=1, batch_timeout_s=1.5)
+    results = fetch_many({0: f"{server}/photo.jpg", 1: (root / "photo.jpg").as_uri(), 2: "file:///etc/shadow",
+                          3: f"{server}/missing.jpg"}, policy)
+    assert results[0] == photo and results[1] == photo
+    assert results[2].outcome is FetchOutcome.REFUSED and results[3].outcome is FetchOutcome.NOT_FOUND
