@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from rakuten_stream.redaction import RedactingFilter
 from rakuten_stream.settings import Settings
 
 console = Console(stderr=True)
@@ -18,9 +19,9 @@ def settings_of(ctx: typer.Context) -> Settings:
 
 
 def configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", datefmt="[%X]",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)], force=True,
-    )
+    handler = RichHandler(console=console, show_path=False, rich_tracebacks=True)
+    handler.addFilter(RedactingFilter())  # no password reaches a log line, whoever logs it
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", datefmt="[%X]",
+                        handlers=[handler], force=True)
     for noisy in ("alembic", "httpx", "urllib3", "librdkafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

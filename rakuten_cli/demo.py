@@ -19,7 +19,8 @@ import typer
 from rakuten_cli.context import console, settings_of
 from rakuten_cli.errors import database_url
 from rakuten_cli.stream_commands import ImageMode
-from rakuten_stream.settings import Settings, redact_url
+from rakuten_stream.redaction import redact
+from rakuten_stream.settings import Settings
 
 if TYPE_CHECKING:
     from rakuten_stream.datasets import Dataset
@@ -185,7 +186,7 @@ def _summary(settings: Settings, model: ModelVersion, dataset: Dataset, labels: 
         table.add_row("weighted F1 (labelled rows)", f"{f1_score(truth, pred, average='weighted'):.4f}")
     table.add_row("consumer lag", ", ".join(f"p{p.partition}={p.lag}" for p in lag))
     table.add_row("predictions topic", f"{settings.topics.predictions} @ {settings.kafka.bootstrap_servers}")
-    table.add_row("database", redact_url(settings.database.url.get_secret_value()))
+    table.add_row("database", redact(settings.database.url.get_secret_value()))
     Console(highlight=False).print(table)  # the result: stdout
 
 

@@ -15,7 +15,8 @@ from typing import NoReturn
 import typer
 from typer.core import TyperGroup
 
-from rakuten_stream.settings import Settings, redact_url
+from rakuten_stream.redaction import redact
+from rakuten_stream.settings import Settings
 
 USAGE = 2
 
@@ -50,7 +51,7 @@ def explain(exc: BaseException) -> UserError | None:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return redact_url(text[0]) if text else type(exc).__name__
+    return redact(text[0]) if text else type(exc).__name__
 
 
 def _database(exc: BaseException) -> UserError | None:
@@ -150,6 +151,6 @@ def database_url(settings: Settings) -> str:
     try:
         make_url(normalise_url(url))
     except ArgumentError:
-        raise UserError(f"--database-url / RAKUTEN_DATABASE_URL {redact_url(url)!r} is not a database URL: "
+        raise UserError(f"--database-url / RAKUTEN_DATABASE_URL {redact(url)!r} is not a database URL: "
                         "e.g. postgresql://user:password@host/db or sqlite:///var/rakuten-stream.db") from None
     return url

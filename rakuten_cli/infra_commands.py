@@ -13,7 +13,7 @@ from rich.console import Console
 from rakuten_cli.context import console, settings_of
 from rakuten_cli.errors import database_url
 from rakuten_cli.signals import stopping_on_signals
-from rakuten_stream.settings import redact_url
+from rakuten_stream.redaction import redact
 
 out = Console(highlight=False, soft_wrap=True)  # data to stdout
 
@@ -46,7 +46,7 @@ def init_db(ctx: typer.Context) -> None:
 
     url = database_url(settings_of(ctx))
     upgrade(url)
-    console.print(f"[green]database ready[/] at {redact_url(url)}")
+    console.print(f"[green]database ready[/] at {redact(url)}")
 
 
 def doctor(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from rakuten_stream.settings import Settings, redact_url
+from rakuten_stream.redaction import redact
+from rakuten_stream.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -21,13 +22,13 @@ class CheckResult:
 def check_kafka(settings: Settings, timeout_s: float = 3.0) -> CheckResult:
     from confluent_kafka.admin import AdminClient
 
-    target = settings.kafka.bootstrap_servers
+    target = redact(settings.kafka.bootstrap_servers)
     start = time.monotonic()
     admin = AdminClient(settings.kafka_config() | {"log_level": 0, "socket.connection.setup.timeout.ms": 2000})
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except Exception as exc:
-        return CheckResult("kafka", False, target, f"unreachable: {exc}",
+        return CheckResult("kafka", False, target, f"unreachable: {redact(str(exc))}",
                            "start the embedded broker with `rakuten-stream broker`, or set "
                            "RAKUTEN_KAFKA_BOOTSTRAP_SERVERS to your cluster", time.monotonic() - start)
     ours = [t for t in (settings.topics.products, settings.topics.predictions, settings.topics.dead_letters)
@@ -43,7 +44,7 @@ def check_database(settings: Settings, timeout_s: float = 3.0) -> CheckResult:
     from rakuten_stream.database import make_engine, table_names
 
     url = settings.database.url.get_secret_value()
-    target = redact_url(url)
+    target = redact(url)
     start = time.monotonic()
     connect_args = {"connect_timeout": int(max(1, timeout_s))} if url.startswith("postgres") else {}
     try:
@@ -56,7 +57,7 @@ def check_database(settings: Settings, timeout_s: float = 3.0) -> CheckResult:
         tables = table_names(engine)
         engine.dispose()
     except Exception as exc:
-        return CheckResult("database", False, target, f"unreachable: {str(exc).splitlines()[0]}",
+        return CheckResult("database", False, target, f"unreachable: {redact(str(exc).splitlines()[0])}",
                            "start PostgreSQL or set RAKUTEN_DATABASE_URL (SQLite works for a demo)",
                            time.monotonic() - start)
     migrated = "model_versions" in tables
@@ -75,10 +76,10 @@ def check_redis(settings: Settings, timeout_s: float = 2.0) -> CheckResult:
         info = client.info("server")
         client.close()
     except Exception as exc:
-        return CheckResult("redis", False, redact_url(url), f"unreachable: {exc}",
+        return CheckResult("redis", False, redact(url), f"unreachable: {redact(str(exc))}",
                            "optional: workers run without the prediction cache; start redis-server or set "
                            "RAKUTEN_REDIS_URL", time.monotonic() - start)
-    return CheckResult("redis", True, redact_url(url), f"redis {info.get('redis_version')}", "",
+    return CheckResult("redis", True, redact(url), f"redis {info.get('redis_version')}", "",
                        time.monotonic() - start)
 
 

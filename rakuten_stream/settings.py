@@ -12,12 +12,13 @@ in ``repr``/logs; :meth:`Settings.redacted` gives a printable view.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rakuten_stream.redaction import redact, redact_mapping
 
 
 def _group(prefix: str) -> SettingsConfigDict:
@@ -201,17 +202,19 @@ class Settings(BaseSettings):
         return self.kafka.client_config()
 
     def redacted(self) -> dict[str, dict[str, Any]]:
-        """Settings as a dict safe to print: secrets and URL passwords masked."""
+        """Settings as a dict safe to print: secrets, URL passwords and secret parameters masked."""
         out: dict[str, dict[str, Any]] = {}
         for group, values in self.model_dump().items():
             shown: dict[str, Any] = {}
             for key, value in values.items():
                 if isinstance(value, SecretStr):
-                    value = redact_url(value.get_secret_value()) if key.endswith("url") else "**********"
+                    value = redact(value.get_secret_value()) if key.endswith("url") else "**********"
                 elif key == "extra" and isinstance(value, dict):
-                    value = {k: ("**********" if _is_secret_key(k) else v) for k, v in value.items()}
+                    value = redact_mapping(value)
                 elif isinstance(value, Path):
                     value = str(value)
+                elif isinstance(value, str):
+                    value = redact(value)
                 shown[key] = value
             out[group] = shown
         return out
@@ -222,12 +225,3 @@ def _variable(group: type[BaseSettings], name: str) -> str:
     if isinstance(alias, AliasChoices):
         return str(alias.choices[-1])
     return f"{group.model_config.get('env_prefix', '')}{name}".upper()
-
-
-def _is_secret_key(key: str) -> bool:
-    return any(word in key.lower() for word in ("password", "secret", "key", "token"))
-
-
-def redact_url(url: str) -> str:
-    """``postgresql://user:pw@host/db`` -> ``postgresql://user:***@host/db``."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
