@@ -86,7 +86,11 @@ def read_manifest(directory: Path, verify: bool = True) -> Manifest:
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise ArtifactError(f"no {MANIFEST} in {directory}")
-    manifest = Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    try:
+        manifest = Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, OSError) as exc:  # not JSON, not a manifest, unreadable
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ArtifactError(f"{directory}: unreadable {MANIFEST} ({first_line})") from None
     if verify:
         for name, expected in manifest.files.items():
             file = Path(directory) / name

@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from inference.artifacts import Manifest, read_manifest
+from inference.artifacts import ArtifactError, Manifest, read_manifest
 from inference.features.images import ImagePreprocessing, preprocess
 from inference.features.text_cleaning import ListingText
 from inference.features.text_embedding import embed_in_batches, load_tokenizer
@@ -192,3 +192,27 @@ class ModelRuntime:
         contributions = stacker_contributions(features.astype(np.float64), self.stacker_coef, spec.modalities,
                                               len(self.classes), probs.argmax(axis=1))
         return probs, contributions
+
+
+def verify_version(artifact_dir: Path | str, registered_files: dict[str, str] | None = None) -> ModelRuntime:
+    """The version loaded and run once, or :class:`ArtifactError` with one line saying what is wrong.
+
+    Checks the manifest against the registry's record of the files (when given), every file
+    against its sha256 in the manifest, that each ONNX graph loads in onnxruntime, and that one
+    listing (text and, if the version has an image model, a blank photo) goes through the
+    whole path. What ``models promote`` and a worker's reload run before trusting a version.
+    """
+    directory = Path(artifact_dir)
+    try:
+        manifest = read_manifest(directory, verify=True)
+        if registered_files is not None and manifest.files != registered_files:
+            raise ArtifactError(f"{directory}: the manifest's files differ from the registry's record of this version")
+        runtime = ModelRuntime(directory, providers="cpu")
+        photo = [Image.new("RGB", (256, 256), (255, 255, 255))] if runtime.has_image_model else [None]
+        runtime.predict([ListingText.of("vérification du modèle", None)], photo)
+    except ArtifactError:
+        raise
+    except Exception as exc:  # a graph that does not load or run, a broken tokenizer, a bad manifest
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ArtifactError(f"{directory}: does not load or run ({type(exc).__name__}: {first_line})") from None
+    return runtime

@@ -128,12 +128,18 @@ def models_show(ctx: typer.Context, version: str) -> None:
 def models_promote(ctx: typer.Context, version: str) -> None:
     """Make VERSION the production model (by hand, bypassing the gate) and tell running workers."""
     from inference import registry
+    from inference.artifacts import ArtifactError
+    from inference.runtime import verify_version
     from training.release import announce_quietly
 
     settings = settings_of(ctx)
     engine = _engine(settings)
+    row = registry.get_version(engine, version)
+    try:
+        verify_version(row.artifact_dir, row.artifacts)  # a corrupt version never reaches the workers
+    except ArtifactError as exc:
+        fail(f"cannot promote {version}: {exc}")
     registry.promote(engine, version, {"promoted": True, "reason": "promoted by hand"})
-
     announce_quietly(settings, engine, version)
     console.print(f"[green]{version} is in production[/]")
 
