@@ -25,6 +25,8 @@ class SourcePosition(BaseModel):
 class Prediction(VersionedMessage):
     TOPIC: ClassVar[str] = "predictions.v1"
 
+    schema_version: str = "1.1"
+
     productid: int
     prdtypecode: int
     category: str
@@ -38,5 +40,9 @@ class Prediction(VersionedMessage):
     source: SourcePosition | None = None
     content_hash: str | None = None
     cached: bool = False
+    image_note: str | None = Field(
+        None, description="why the listing's image was not used and the prediction is text only, starting with the "
+        "outcome code (refused, not_found, too_large, timeout, truncated_image, ...); absent when the image was used "
+        "or there was none (since 1.1)")
     event_time: datetime | None = None
     predicted_at: datetime
