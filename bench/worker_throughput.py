@@ -61,7 +61,8 @@ def end_to_end(base: Settings, model_dir: Path, records, batch: int, images: str
     settings = base.with_overrides(
         topics={"products": f"bench-products-{run}", "predictions": f"bench-pred-{run}",
                 "dead_letters": f"bench-dlq-{run}"},
-        worker={"group_id": f"bench-{run}", "batch_max_messages": batch})
+        worker={"group_id": f"bench-{run}", "batch_max_messages": batch},
+        images={"file_roots": sorted({r.image_path.resolve().parent for r in records if r.image_path is not None})})
     ensure_topics(settings)
     with Publisher(settings, images=images) as publisher:  # a backlog: the worker runs flat out
         publisher.publish(records)

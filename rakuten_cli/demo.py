@@ -121,6 +121,9 @@ def _run(settings: Settings, dataset: Dataset, limit: int, use_e5: bool, images:
     console.rule(f"streaming with model {production.version}")
     stream_rows = _held_out(dataset, production.parameters)[:limit]
 
+    if images == "uri" and not settings.images.file_roots:  # the worker may read the demo's own images
+        roots = sorted({r.image_path.resolve().parent for r in stream_rows if r.image_path is not None})
+        settings = settings.with_overrides(images={"file_roots": roots})
     ensure_topics(settings)
     worker = Worker(settings, engine=engine)
     thread = threading.Thread(target=worker.run, name="worker", daemon=True)

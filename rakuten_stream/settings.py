@@ -1,7 +1,8 @@
 """One typed settings object for every part of the service, in named groups.
 
 ``Settings`` holds one small settings class per concern (``kafka``, ``topics``, ``broker``,
-``database``, ``cache``, ``models``, ``worker``, ``images``, ``inference``, ``http``) and is passed whole.
+``database``, ``cache``, ``models``, ``worker``, ``images``, ``limits``, ``inference``, ``http``) and is passed
+whole.
 Every value reads from a ``RAKUTEN_*`` environment variable (or a ``.env`` file): a group's prefix
 plus the field name (``RAKUTEN_KAFKA_BOOTSTRAP_SERVERS``, ``RAKUTEN_TOPIC_PRODUCTS``), except where
 a field names its variable itself (``RAKUTEN_REDIS_URL``, ``RAKUTEN_BATCH_MAX_MESSAGES``). CLI flags
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from rakuten_stream.redaction import redact, redact_mapping
+from schemas import ListingLimits
 
 
 def _group(prefix: str) -> SettingsConfigDict:
@@ -116,11 +118,49 @@ class WorkerSettings(BaseSettings):
                               description="Prometheus port; 0 disables the endpoint")
 
 
+def _list_of_strings(value: Any) -> Any:
+    """A list from the environment: a JSON list, or comma-separated (``/data/images,/mnt/photos``)."""
+    if isinstance(value, str):
+        value = value.strip()
+        return json.loads(value) if value.startswith("[") else [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
 class ImageSettings(BaseSettings):
+    """Images inline and by reference: what a message may make a worker read, fetch and decode."""
+
     model_config = _group("RAKUTEN_IMAGE_")
 
     max_bytes: int = Field(5_000_000, ge=1, validation_alias=_env("max_bytes", "RAKUTEN_MAX_IMAGE_BYTES"))
-    fetch_timeout_s: float = Field(5.0, gt=0)
+    max_pixels: int = Field(40_000_000, ge=1, description="decoded size limit (decompression bombs)")
+    fetch_timeout_s: float = Field(3.0, gt=0, description="total deadline of one fetch: connect, headers, body")
+    batch_timeout_s: float = Field(5.0, gt=0, description="deadline of all fetches of a batch (run in parallel)")
+    file_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="folders file:// URIs may read (comma-separated); none: file:// refused")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="hosts or CIDRs http(s) may reach although loopback/private/link-local")
+    max_redirects: int = Field(3, ge=0)
+    max_parallel_fetches: int = Field(64, ge=1)
+
+    @field_validator("file_roots", "allowed_hosts", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return _list_of_strings(value)
+
+
+class LimitSettings(BaseSettings):
+    """Limits on one untrusted listing; a listing over one is a dead letter with the limit's reason."""
+
+    model_config = _group("RAKUTEN_")
+
+    max_message_bytes: int = Field(4_194_304, ge=1, description="size of one products.v1 message")
+    max_json_depth: int = Field(32, ge=2, description="nesting of arrays and objects")
+    max_title_chars: int = Field(1_000, ge=1)
+    max_description_chars: int = Field(50_000, ge=0, description="longer is rejected, not truncated")
+
+    def listing_limits(self) -> ListingLimits:
+        return ListingLimits(max_message_bytes=self.max_message_bytes, max_depth=self.max_json_depth,
+                             max_title_chars=self.max_title_chars, max_description_chars=self.max_description_chars)
 
 
 class InferenceSettings(BaseSettings):
@@ -158,6 +198,7 @@ class Settings(BaseSettings):
     models: ModelStoreSettings = Field(default_factory=ModelStoreSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
 
@@ -195,6 +236,8 @@ class Settings(BaseSettings):
                     value = value.get_secret_value()
                 elif isinstance(value, dict):
                     value = json.dumps(value)
+                elif isinstance(value, list):
+                    value = json.dumps([str(v) for v in value])
                 env[_variable(type(group), name)] = str(value)
         return env
 

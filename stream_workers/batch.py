@@ -7,6 +7,7 @@ write. Used by the worker and by replay alike.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -26,6 +27,7 @@ class BatchOutcome:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     keys: list[bytes | None] = field(default_factory=list)  # key of each dead letter's original
     cache_hits: int = 0
+    image_outcomes: Counter[str] = field(default_factory=Counter)  # images by reference: ok, refused, timeout, ...
 
 
 class BatchProcessor:
@@ -35,16 +37,18 @@ class BatchProcessor:
         self.cache = cache
         self.metrics = metrics
         self.settings = settings
-        self.images = ImagePolicy(max_bytes=settings.images.max_bytes, fetch_timeout_s=settings.images.fetch_timeout_s)
+        self.images = ImagePolicy.from_settings(settings.images)
+        self.limits = settings.limits.listing_limits()
         self.worker_id = worker_id
 
     def process(self, messages: list) -> BatchOutcome:
         runtime = self.runtime  # one version per batch, even if a reload happens meanwhile
         stage = self.metrics.stage_seconds
         start = time.perf_counter()
-        decoded, rejected = decode_batch(messages, self.images, want_images=runtime.has_image_model)
+        decoded, rejected = decode_batch(messages, self.images, want_images=runtime.has_image_model,
+                                         limits=self.limits)
         stage.labels("decode").observe(time.perf_counter() - start)
-        outcome = BatchOutcome()
+        outcome = BatchOutcome(image_outcomes=Counter(d.image_outcome for d in decoded if d.image_outcome))
         for r in rejected:
             outcome.dead_letters.append(self._dead_letter(r))
             outcome.keys.append(r.message.key())
@@ -87,6 +91,7 @@ class BatchProcessor:
             productid=item.listing.productid, **scored.model_dump(), model_version=version,
             source=SourcePosition(topic=message.topic(), partition=message.partition(), offset=message.offset()),
             content_hash=item.content_hash, cached=cached, event_time=item.listing.event_time, predicted_at=now,
+            image_note=item.image_note,
         )
 
     def _dead_letter(self, rejected: Rejected) -> DeadLetter:

@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote, urljoin, urlsplit
 
+from rakuten_stream.settings import ImageSettings
+
 K = TypeVar("K", bound=Hashable)
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -96,6 +98,13 @@ class ImagePolicy:
                 hosts.add(entry)
         object.__setattr__(self, "_hosts", frozenset(hosts))
         object.__setattr__(self, "_networks", tuple(networks))
+
+    @classmethod
+    def from_settings(cls, images: ImageSettings) -> ImagePolicy:
+        return cls(max_bytes=images.max_bytes, max_pixels=images.max_pixels, fetch_timeout_s=images.fetch_timeout_s,
+                   batch_timeout_s=images.batch_timeout_s, file_roots=tuple(images.file_roots),
+                   allowed_hosts=tuple(images.allowed_hosts), max_redirects=images.max_redirects,
+                   max_parallel=images.max_parallel_fetches)
 
     def within_roots(self, real_path: str) -> bool:
         return any(os.path.commonpath([real_path, root]) == root for root in self._real_roots)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from rakuten_stream import registry
-from rakuten_stream.artifacts import read_manifest, write_manifest
+from inference import registry
+from inference.artifacts import read_manifest, write_manifest
 from rakuten_stream.database import make_engine
 from tests.helpers import copy_as_new_version, register_production, settings_env
 
@@ -22,7 +22,7 @@ def promote(settings, version: str) -> subprocess.CompletedProcess:
 
 
 def register(settings, artifact_dir: Path) -> str:
-    engine = make_engine(settings.database_url.get_secret_value())
+    engine = make_engine(settings.database.url.get_secret_value())
     manifest = read_manifest(artifact_dir, verify=False)
     registry.register(engine, manifest, artifact_dir, None)
     engine.dispose()
@@ -30,7 +30,7 @@ def register(settings, artifact_dir: Path) -> str:
 
 
 def production_version(settings) -> str:
-    engine = make_engine(settings.database_url.get_secret_value())
+    engine = make_engine(settings.database.url.get_secret_value())
     row = registry.production(engine)
     engine.dispose()
     return row.version

@@ -93,8 +93,8 @@ def test_config_prints_no_secret(secret_env):
     assert result.returncode == 0, result.stderr
     assert not [s for s in SECRETS if s in result.stdout + result.stderr]
     shown = json.loads(result.stdout)
-    assert shown["database_url"].startswith("postgresql://:***@127.0.0.1")
-    assert shown["redis_url"].startswith("redis://:***@127.0.0.1")
+    assert shown["database"]["url"].startswith("postgresql://:***@127.0.0.1")
+    assert shown["cache"]["redis_url"].startswith("redis://:***@127.0.0.1")
 
 
 def test_doctor_prints_no_secret_even_when_every_service_fails(secret_env):

@@ -96,8 +96,9 @@ class RunningWorker:
 
 
 @pytest.fixture
-def worker_settings(settings, postgres_url, tiny_model):
-    s = settings.with_overrides(database={"url": postgres_url})
+def worker_settings(settings, postgres_url, tiny_model, data_dir):
+    # file:// images are read only under configured roots: the sample's images folder
+    s = settings.with_overrides(database={"url": postgres_url}, images={"file_roots": [data_dir.resolve()]})
     ensure_topics(s)
     upgrade(postgres_url)
     engine = make_engine(postgres_url)
@@ -124,8 +125,8 @@ def test_every_valid_listing_gets_one_prediction_and_every_invalid_one_a_dead_le
     assert len(letters) == len(INVALID)
     assert {p.productid for p in predictions} == {json.loads(v)["productid"] for v in valid}
     assert sorted(letter.original for letter in letters) == sorted(INVALID.values())  # original bytes kept
-    assert {letter.error_class for letter in letters} == {"not_json", "unsupported_version", "invalid_schema",
-                                                          "bad_image"}
+    assert {letter.error_class for letter in letters} == {"not_json", "unsupported_version", "bad_base64",
+                                                          "not_an_image", "empty_title"}
     one = predictions[0]
     assert one.model_version and 0 < one.confidence <= 1 and len(one.top_k) == 3
     assert abs(sum(one.contributions.values()) - 1) < 1e-3
