@@ -32,7 +32,7 @@ def worker(
     metrics.serve(settings.worker.metrics_port)
     running = Worker(settings, metrics)
     with stopping_on_signals(running.stop):
-        stats = running.run()
+        stats = running.run()  # without a loadable production model it waits for one (not ready, saying why)
     console.print(f"worker stopped: {stats.consumed} consumed, {stats.predicted} predicted, "
                   f"{stats.dead_lettered} dead-lettered, {stats.cache_hits} from cache, models {stats.model_versions}")
 

@@ -6,7 +6,8 @@ consume -> decode/validate -> cache -> ONNX -> predictions + dead letters to Kaf
 the batch (at-least-once); the upsert makes redelivery harmless (no duplicate rows).
 
 A failed sink rewinds the batch's partitions, so the next poll redelivers it after a pause. Between batches the
-worker polls for a promoted model version and swaps it in. On SIGTERM/SIGINT it finishes the
+worker polls for a promoted model version and swaps it in (a version that does not load is reported and the
+worker keeps serving the one it has; without a loadable model at start it waits). On SIGTERM/SIGINT it finishes the
 batch in hand, commits, closes the consumer (leaving the group) and flushes the producer.
 """
 
@@ -31,7 +32,7 @@ from rakuten_stream.metrics import ServiceMetrics
 from rakuten_stream.settings import Settings
 from stream_workers.batch import BatchOutcome, BatchProcessor
 from stream_workers.checkpoint import PipelinedCycle
-from stream_workers.model_watcher import ModelWatcher
+from stream_workers.model_watcher import ModelState, ModelWatcher
 from stream_workers.sinks import ResultWriter
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class Worker:
         self._assigned: set[tuple[str, int]] = set()
         self._last_lag_export = 0.0
         self._cycle: PipelinedCycle | None = None
+        self._watcher: ModelWatcher | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -79,14 +81,22 @@ class Worker:
         return set(self._assigned)
 
     @property
+    def model_state(self) -> ModelState:
+        """Which version is served, or why none is yet; failed loads (for readiness and metrics)."""
+        return self._watcher.state if self._watcher is not None else ModelState()
+
+    @property
     def stopping(self) -> bool:
         return self._stop.is_set()
 
     def run(self) -> WorkerStats:
         s = self.settings
         ensure_topics(s)
-        watcher = ModelWatcher(s, self.engine)
-        runtime = watcher.initial()
+        watcher = self._watcher = ModelWatcher(s, self.engine)
+        runtime = watcher.wait_for_model(self._stop)  # not ready, saying why, until a loadable version is promoted
+        if runtime is None:  # stopped while waiting
+            watcher.close()
+            return self.stats
         self._activate(runtime)
         cache = PredictionCache(s.cache.redis_url.get_secret_value() if s.cache.enabled else None, s.cache.ttl_seconds)
         cache_up = cache.ping()
@@ -114,11 +124,11 @@ class Worker:
             while not self._stop.is_set():
                 messages = consumer.consume(num_messages=s.worker.batch_max_messages,
                                             timeout=s.worker.batch_max_wait_ms / 1000)
-                update = watcher.poll()
-                if update is not None and update.version != processor.runtime.version:
-                    processor.runtime = watcher.load(update.artifact_dir)
-                    self._activate(processor.runtime)
-                    log.info("switched to model version %s", processor.runtime.version)
+                promoted = watcher.reload(processor.runtime.version)  # None: keep serving what we have
+                if promoted is not None:
+                    processor.runtime = promoted
+                    self._activate(promoted)
+                    log.info("switched to model version %s", promoted.version)
                 messages = [m for m in messages if not self._is_benign_error(m)]
                 if messages:
                     self._handle(messages)
