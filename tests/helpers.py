@@ -97,3 +97,103 @@ def listing_json(productid: int, title: str, description: str | None = None, ima
 def settings_env(settings: Settings) -> dict[str, str]:
     """The RAKUTEN_* environment that reproduces ``settings`` in a subprocess."""
     return settings.as_environment()
+
+
+# --- image servers on loopback that misbehave on purpose -----------------------------------------------
+class _ImageHandler:
+    """Paths: /photo.jpg, /big.jpg (10 MB), /big-unannounced.jpg, /trickle.jpg (a byte every 0.2 s),
+    /trickle-headers.jpg, /redirect/N (N hops then the photo), /redirect-to?URI, anything else 404."""
+
+    BIG = 10_000_000
+
+    @staticmethod
+    def make(photo: bytes):
+        import http.server
+
+        big = b"\xff" * _ImageHandler.BIG
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                path = self.path
+                if path == "/photo.jpg":
+                    self._send(photo)
+                elif path == "/big.jpg":
+                    self._send(big)
+                elif path == "/big-unannounced.jpg":  # no Content-Length: only the cap while streaming stops it
+                    self.send_response(200)
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    for start in range(0, len(big), 65536):
+                        self.wfile.write(big[start:start + 65536])
+                elif path == "/trickle.jpg":
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(photo)))
+                    self.end_headers()
+                    for byte in photo:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                elif path == "/trickle-headers.jpg":
+                    for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 1000:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                elif path.startswith("/redirect/"):
+                    hops = int(path.rsplit("/", 1)[1])
+                    self._redirect("/photo.jpg" if hops <= 1 else f"/redirect/{hops - 1}")
+                elif path.startswith("/redirect-to?"):
+                    self._redirect(path.split("?", 1)[1])
+                else:
+                    self.send_error(404)
+
+            def _send(self, body: bytes) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _redirect(self, location: str) -> None:
+                self.send_response(302)
+                self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def handle(self) -> None:
+                try:
+                    super().handle()
+                except OSError:  # the client hung up on a trickle or a too-large body: expected
+                    pass
+
+            def log_message(self, *args) -> None:
+                pass
+
+        return Handler
+
+
+class ImageServers:
+    """A misbehaving HTTP image server and a silent one (accepts, never answers), both on loopback."""
+
+    def __init__(self, photo: bytes) -> None:
+        import http.server
+        import socket
+        import threading
+
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ImageHandler.make(photo))
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._silent = socket.socket()
+        self._silent.bind(("127.0.0.1", 0))
+        self._silent.listen(128)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self.silent_url = f"http://127.0.0.1:{self._silent.getsockname()[1]}"
+
+    def __enter__(self) -> ImageServers:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._silent.close()

@@ -6,80 +6,17 @@ policy of most tests allow-lists 127.0.0.1 and one test checks the refusal witho
 
 from __future__ import annotations
 
-import http.server
 import ipaddress
 import os
-import socket
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from stream_workers.image_sources import FetchOutcome, ImageFetchError, ImagePolicy, fetch, fetch_many, non_public_kind
+from tests.helpers import ImageServers
 
 BIG = 10_000_000  # the 10 MB image of issue 8
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        photo, path = self.server.photo, self.path
-        if path == "/photo.jpg":
-            self._send(photo)
-        elif path == "/big.jpg":  # announced as too large
-            self._send(b"\xff" * BIG)
-        elif path == "/big-unannounced.jpg":  # no Content-Length: only the cap while streaming stops it
-            self.send_response(200)
-            self.send_header("Connection", "close")
-            self.end_headers()
-            for _ in range(BIG // 65536 + 1):
-                self.wfile.write(b"\xff" * 65536)
-        elif path == "/trickle.jpg":  # one byte every 0.2 s, forever
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(photo)))
-            self.end_headers()
-            for byte in photo:
-                self.wfile.write(bytes([byte]))
-                self.wfile.flush()
-                time.sleep(0.2)
-        elif path == "/trickle-headers.jpg":  # never finishes its headers
-            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 1000:
-                self.wfile.write(bytes([byte]))
-                self.wfile.flush()
-                time.sleep(0.2)
-        elif path.startswith("/redirect/"):  # /redirect/N -> ... -> /photo.jpg after N hops
-            hops = int(path.rsplit("/", 1)[1])
-            self._redirect("/photo.jpg" if hops <= 1 else f"/redirect/{hops - 1}")
-        elif path.startswith("/redirect-to?"):
-            self._redirect(path.split("?", 1)[1])
-        else:
-            self.send_error(404)
-
-    def _send(self, body: bytes) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        try:
-            self.wfile.write(body)
-        except OSError:
-            pass
-
-    def _redirect(self, location: str) -> None:
-        self.send_response(302)
-        self.send_header("Location", location)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def handle(self) -> None:
-        try:
-            super().handle()
-        except OSError:  # the client hung up on a trickle: expected
-            pass
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -88,25 +25,19 @@ def photo(data_dir: Path) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def server(photo):
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    httpd.photo = photo
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+def servers(photo):
+    with ImageServers(photo) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
-def silent_server():
-    """Accepts connections (the kernel's backlog does) and never says a word."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    sock.close()
+def server(servers) -> str:
+    return servers.url
+
+
+@pytest.fixture(scope="module")
+def silent_server(servers) -> str:
+    return servers.silent_url
 
 
 TRUSTED = ImagePolicy(allowed_hosts=("127.0.0.1",), fetch_timeout_s=1.0, batch_timeout_s=1.5)
