@@ -33,8 +33,8 @@ _REDIS_USERINFO = re.compile(r"(?P<head>\brediss?(?:\+\w+)?://)(?P<secret>[^\s:/
 _PAIR = re.compile(r"(?P<head>(?:^|(?<=[\s?&;,{(]))" + _SECRET_NAME + r"\s*=\s*)"
                    r"(?P<secret>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&;,)}]*)", re.IGNORECASE)
 # "password": "x"  'sasl.password': 'x'
-_QUOTED = re.compile(r"(?P<head>([\"'])" + _SECRET_NAME + r"\2\s*:\s*)(?P<secret>\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*')",
-                     re.IGNORECASE)
+_QUOTED = re.compile(r"(?P<head>([\"'])" + _SECRET_NAME + r"\2\s*:\s*)"
+                     r"(?P<secret>\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*')", re.IGNORECASE)
 
 
 def is_secret_name(name: str) -> bool:

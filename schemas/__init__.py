@@ -13,6 +13,7 @@ MESSAGE_TYPES: tuple[type[VersionedMessage], ...] = (
 )
 
 __all__ = [
-    "CategoryScore", "DeadLetter", "DecodeLimits", "DriftReport", "Label", "ListingLimits", "MESSAGE_TYPES", "MessageError", "ModelUpdate",
-    "Prediction", "ProductImage", "ProductListing", "RetrainRequest", "SourcePosition", "VersionedMessage",
+    "CategoryScore", "DeadLetter", "DecodeLimits", "DriftReport", "Label", "ListingLimits", "MESSAGE_TYPES",
+    "MessageError", "ModelUpdate", "Prediction", "ProductImage", "ProductListing", "RetrainRequest",
+    "SourcePosition", "VersionedMessage",
 ]

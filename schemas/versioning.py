@@ -101,9 +101,9 @@ class VersionedMessage(BaseModel):
         """Parse and validate; raises :class:`MessageError` (and nothing else) naming what is wrong.
 
         In order: size (``message_too_large``), UTF-8 (``not_utf8``), JSON (``not_json``), nesting
-        depth (``too_deep``: the parser's guard, then an iterative count before validation), an object (``not_object``), the contract
-        (``unsupported_version``, ``invalid_schema`` or a more precise code of the message type),
-        then the type's own limits (:meth:`check_limits`).
+        depth (``too_deep``: the parser's own guard, then an iterative count before validation), an
+        object (``not_object``), the contract (``unsupported_version``, ``invalid_schema`` or a more
+        precise code of the message type), then the type's own limits (:meth:`check_limits`).
         """
         limits = limits or cls.default_limits()
         if raw is None or raw == b"" or raw == "":
