@@ -102,24 +102,24 @@ def test_a_10_mb_image_is_refused_whether_announced_or_streamed(server):
 def test_a_trickling_server_is_cut_off_at_the_fetch_deadline(server, path):
     start = time.monotonic()
     assert outcome_of(f"{server}{path}", TRUSTED) is FetchOutcome.TIMEOUT
-    assert time.monotonic() - start < TRUSTED.fetch_timeout_s + 0.5
+    assert time.monotonic() - start < TRUSTED.fetch_timeout_s + 1.5  # the trickle lasts minutes
 
 
 def test_a_batch_of_silent_servers_costs_one_batch_deadline_not_one_per_message(silent_server, server, photo):
     uris = {i: f"{silent_server}/{i}.jpg" for i in range(20)} | {"good": f"{server}/photo.jpg"}
     start = time.monotonic()
     results = fetch_many(uris, TRUSTED)
-    assert time.monotonic() - start < TRUSTED.batch_timeout_s + 0.5  # not 20 x the fetch deadline
+    assert time.monotonic() - start < TRUSTED.batch_timeout_s + 1.5  # not 20 x the fetch deadline
     assert results["good"] == photo
     assert all(isinstance(results[i], ImageFetchError) and results[i].outcome is FetchOutcome.TIMEOUT
                for i in range(20))
 
 
 def test_the_batch_deadline_bounds_fetches_waiting_for_a_thread(silent_server):
-    policy = ImagePolicy(allowed_hosts=("127.0.0.1",), fetch_timeout_s=1.0, batch_timeout_s=1.2, max_parallel=2)
+    policy = ImagePolicy(allowed_hosts=("127.0.0.1",), fetch_timeout_s=2.0, batch_timeout_s=1.0, max_parallel=2)
     start = time.monotonic()
     results = fetch_many({i: f"{silent_server}/{i}.jpg" for i in range(6)}, policy)
-    assert time.monotonic() - start < policy.batch_timeout_s + 0.5
+    assert time.monotonic() - start < policy.batch_timeout_s + 1.5  # not 3 rounds of the fetch deadline
     assert {r.outcome for r in results.values()} == {FetchOutcome.TIMEOUT}
 
 
@@ -163,7 +163,7 @@ def test_a_fifo_under_a_root_is_refused_at_once_without_blocking(root):
     os.mkfifo(root / "pipe.jpg")
     start = time.monotonic()
     error = pytest.raises(ImageFetchError, fetch, (root / "pipe.jpg").as_uri(), ImagePolicy(file_roots=(root,))).value
-    assert time.monotonic() - start < 0.5
+    assert time.monotonic() - start < 2  # a blocking open would never return
     assert error.outcome is FetchOutcome.REFUSED and "FIFO" in str(error)
 
 
@@ -172,7 +172,7 @@ def test_devices_and_directories_are_refused_even_under_a_root(root):
     for uri in ("file:///dev/zero", "file:///dev/urandom", "file:///dev/null", root.as_uri()):
         start = time.monotonic()
         assert outcome_of(uri, policy) is FetchOutcome.REFUSED
-        assert time.monotonic() - start < 0.5
+        assert time.monotonic() - start < 2  # reading /dev/zero would not end
 
 
 def test_an_oversized_file_is_refused(root, photo):
