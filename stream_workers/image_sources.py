@@ -146,6 +146,8 @@ def _fetch_file(uri: str, path: str, host: str, policy: ImagePolicy) -> bytes:
     try:
         _check_regular(uri, os.stat(real).st_mode)  # refuse a FIFO or device before opening it
         fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except ImageFetchError:
+        raise
     except FileNotFoundError:
         raise ImageFetchError(FetchOutcome.NOT_FOUND, f"{uri}: no such file") from None
     except OSError as exc:  # ELOOP: swapped for a symlink since realpath; EACCES; ...

@@ -114,6 +114,12 @@ def test_a_decoder_bug_is_one_dead_letter_not_the_end_of_the_batch(monkeypatch):
     assert [r.reason for r in rejected] == ["decode_error"] and len(decoded) == 1
 
 
+def test_odd_unicode_is_text_too():
+    value = json.dumps({"productid": 1, "designation": "caf\ud800 \u0000 lampe \U0001f4a1"}).encode()
+    decoded, rejected = decode_batch(messages([value]), ImagePolicy(), False)
+    assert not rejected and decoded[0].listing.designation == "caf\ud800 \x00 lampe \U0001f4a1"
+
+
 def test_sql_and_html_in_text_reach_the_model_verbatim():
     title = "Robert'); DROP TABLE predictions;--"
     description = "<script>alert('x')</script><b>Lampe</b>"
