@@ -5,7 +5,9 @@ Bad input never stops a batch: each message either becomes a :class:`DecodedList
 precise reason code (``not_json``, ``too_deep``, ``title_too_long``, ``truncated_image``, ...).
 An image by reference that cannot be had (refused, missing, too large, too slow, not an image)
 is not a reason to reject the listing: it is classified on its text, and the reason is kept
-as ``image_note`` (and ``image_outcome``, a metric label) for the prediction.
+as ``image_note`` (and ``image_outcome``, a metric label) for the prediction. An inline image is
+checked even when the model has no image model, so that the same message is a dead letter or
+not whatever version serves; images by reference are fetched only for a model that uses them.
 """
 
 from __future__ import annotations
@@ -87,8 +89,10 @@ def decode_batch(messages: Sequence, images: ImagePolicy, want_images: bool, lim
         image, note, outcome, image_bytes = None, None, None, None
         if listing.image is not None and listing.image.data is not None:
             image_bytes = listing.image.data
-            try:  # an inline payload that is not an image is bad input: dead letter
-                image = _decode(image_bytes, images) if want_images else None
+            try:  # an inline payload that is not an image is bad input, whichever model serves: dead letter
+                image = _decode(image_bytes, images)
+                if not want_images:
+                    image = None
             except ImageDecodeError as exc:
                 rejected.append(Rejected(message, exc.reason, f"image.data: {exc}"))
                 continue

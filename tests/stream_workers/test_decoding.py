@@ -98,6 +98,13 @@ def test_every_bad_input_is_a_dead_letter_with_its_reason_and_the_good_ones_go_o
     assert all(d.image is not None for d in decoded)
 
 
+def test_a_bad_inline_image_is_a_dead_letter_even_for_a_text_only_model():
+    values = [BAD["truncated_image"], listing_json(1, "Lampe", image=PHOTO)]
+    decoded, rejected = decode_batch(messages(values), ImagePolicy(), want_images=False)
+    assert [r.reason for r in rejected] == ["truncated_image"]
+    assert len(decoded) == 1 and decoded[0].image is None
+
+
 def test_a_decoder_bug_is_one_dead_letter_not_the_end_of_the_batch(monkeypatch):
     from schemas import ProductListing
 

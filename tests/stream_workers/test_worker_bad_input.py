@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, inspect, select
 
+from inference.artifacts import read_manifest
 from rakuten_stream.clients.lag import consumer_lag
 from rakuten_stream.database import make_engine, upgrade
 from rakuten_stream.datasets import load_dataset
@@ -98,6 +99,8 @@ def fallback_inputs(servers: ImageServers, root: Path) -> dict[int, tuple[bytes,
 
 @pytest.fixture
 def worker_settings(settings, postgres_url, tiny_model, data_dir, image_root):
+    if read_manifest(tiny_model).image is None:  # images by reference are fetched only for an image model
+        pytest.skip("the tiny model has no image model: install the deep extra (pip install -e '.[training]')")
     s = settings.with_overrides(
         database={"url": postgres_url},
         images={"file_roots": [data_dir.resolve(), image_root], "allowed_hosts": ["127.0.0.1"],
