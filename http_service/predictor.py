@@ -102,15 +102,16 @@ class Predictor:
         return [answers[i] for i in range(len(payloads))]
 
     def reload_if_promoted(self) -> str | None:
-        """Switch to a newly promoted version, if there is one; its id, or None."""
-        update = self.watcher.poll()
-        if update is None or update.version == self.processor.runtime.version:
+        """Switch to a newly promoted version, if there is one that the registry knows and that loads; its id,
+        or None (the version in use keeps serving; the watcher's state reports a failed load)."""
+        promoted = self.watcher.reload(self.processor.runtime.version)
+        if promoted is None:
             return None
-        self.processor.runtime = self.watcher.load(update.artifact_dir)
-        self._activate(self.processor.runtime)
+        self.processor.runtime = promoted
+        self._activate(promoted)
         self.metrics.model_reloads.inc()
-        log.info("switched to model version %s", update.version)
-        return update.version
+        log.info("switched to model version %s", promoted.version)
+        return promoted.version
 
     def _activate(self, runtime: ModelRuntime) -> None:
         self.metrics.set_model_version(runtime.version)

@@ -14,7 +14,7 @@ from rakuten_stream.database import make_engine, upgrade
 from rakuten_stream.kafka import ensure_topics
 from rakuten_stream.settings import Settings
 from schemas.tables import PredictionRow
-from tests.helpers import register_production
+from tests.helpers import DATA_DIR, register_production
 
 API_KEY = "test-key-" + uuid.uuid4().hex
 
@@ -32,6 +32,7 @@ def service_settings(kafka_bootstrap: str, postgres_url: str, root: Path, data_d
         worker={"group_id": f"workers-{run}", "metrics_port": 0, "batch_max_wait_ms": 100},
         database={"url": postgres_url},
         cache={"enabled": False},
+        images={"file_roots": [DATA_DIR.resolve()]},  # file:// images only under configured roots
         models={"dir": root / "models", "report_dir": root / "reports", "data_dir": data_dir},
         http={"api_keys": f"another-key,{API_KEY}", "batch_max_wait_ms": 5} | http,
     )

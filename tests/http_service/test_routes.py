@@ -80,7 +80,7 @@ def test_a_list_gets_a_list_in_its_order_and_an_image_uri_is_fetched_like_the_wo
     ({"designation": "Lampe", "image": {}}, "image", "exactly one"),
     ({"designation": "Lampe", "schema_version": "2.0"}, "schema_version", "unsupported major version"),
     ({"designation": "Lampe", "image": {"data": base64.b64encode(b"GIF89a not an image").decode()}},
-     "image.data", "bad_image"),
+     "image.data", "not_an_image"),
 ])
 def test_a_bad_listing_is_a_422_naming_the_field(client, body, field, words):
     response = client.post("/v1/predict", json=body)
