@@ -126,7 +126,7 @@ def _print_summary(summary: PublishSummary, as_json: bool) -> None:
 
 
 # -- results ----------------------------------------------------------------------------------------
-ROW = "{:>12}  {:>6}  {:<42}  {:>5}  {:<16}  {:<18}  {}"
+ROW = "{:>12}  {:>6}  {:<42}  {:>5}  {:<24}  {:<18}  {}"
 
 
 def results(
@@ -175,7 +175,7 @@ def _print_prediction(prediction: Prediction, categories: dict[int, str], output
         return
     name = categories.get(prediction.prdtypecode, prediction.category)
     out.print(ROW.format(prediction.productid, prediction.prdtypecode, name[:42], f"{prediction.confidence:.2f}",
-                         prediction.model_version[:16], ",".join(prediction.modalities)[:18],
+                         prediction.model_version, ",".join(prediction.modalities)[:18],
                          prediction.predicted_at.isoformat(timespec="seconds")))
 
 
