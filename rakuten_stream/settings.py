@@ -107,7 +107,14 @@ class WorkerSettings(BaseSettings):
     model_config = _group("RAKUTEN_WORKER_")
 
     group_id: str = "rakuten-workers"
-    instance_id: str | None = Field(None, description="static group.instance.id; defaults to host-pid")
+    instance_id: str | None = Field(
+        None, description="static group.instance.id from a stable source (StatefulSet pod name, configured id); "
+                          "unset: dynamic membership")
+    processing_guarantee: Literal["at-least-once", "exactly-once"] = Field(
+        "at-least-once", validation_alias=_env("processing_guarantee", "RAKUTEN_PROCESSING_GUARANTEE"),
+        description="exactly-once: predictions, dead letters and offsets in one Kafka transaction per batch")
+    retry_initial_s: float = Field(0.5, gt=0, description="first pause after a failed sink write (doubles, jittered)")
+    retry_max_s: float = Field(30.0, gt=0, description="longest pause between attempts of a failed sink write")
     batch_max_messages: int = Field(64, ge=1, validation_alias=_env("batch_max_messages", "RAKUTEN_BATCH_MAX_MESSAGES"))
     batch_max_wait_ms: int = Field(200, ge=1, validation_alias=_env("batch_max_wait_ms", "RAKUTEN_BATCH_MAX_WAIT_MS"))
     max_poll_interval_ms: int = Field(300_000, ge=10_000,

@@ -18,7 +18,10 @@ class DeadLetter(VersionedMessage):
     topic: str
     partition: int
     offset: int
-    error_class: str = Field(..., description="stable reason code, e.g. not_json, too_deep, empty_title, truncated_image")
+    error_class: str = Field(
+        ..., description="stable reason code, e.g. not_json, too_deep, empty_title, truncated_image; processing_error "
+                         "(processing raised) and sink_rejected (the database refused the row) for a poison message "
+                         "found by bisecting its batch")
     error_message: str
     worker_id: str | None = None
     failed_at: datetime = Field(default_factory=lambda: datetime.now(UTC))

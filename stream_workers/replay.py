@@ -24,8 +24,9 @@ from rakuten_stream.kafka import make_consumer, make_producer
 from rakuten_stream.metrics import ServiceMetrics
 from rakuten_stream.settings import Settings
 from stream_workers.batch import BatchProcessor
-from stream_workers.checkpoint import run_batch
+from stream_workers.checkpoint import Batch, Checkpoint
 from stream_workers.model_watcher import ModelWatcher
+from stream_workers.retry import Backoff
 from stream_workers.sinks import ResultWriter
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,16 @@ class Replayer:
         writer = ResultWriter(producer, engine, s.topics.predictions, s.topics.dead_letters)
         consumer = make_consumer(s, self.plan.group_id)
         topic = s.topics.products
+
+        def stored(batch: Batch) -> None:  # the checkpoint's word that a batch is in both sinks and committed
+            stats.processed += len(batch.messages)
+            stats.predicted += len(batch.outcome.predictions)
+            stats.dead_lettered += len(batch.outcome.dead_letters)
+            for m in batch.messages:
+                position[m.partition()] = max(position[m.partition()], m.offset() + 1)
+
+        checkpoint = Checkpoint(consumer, processor, writer, self.metrics, Backoff(s.worker.retry_initial_s,
+                                s.worker.retry_max_s), pipelined=False, on_stored=stored, worker_id=self.plan.group_id)
         try:
             committed = consumer.committed([TopicPartition(topic, p) for p in self.plan.start], timeout=10)
             position = {tp.partition: max(self.plan.start[tp.partition], tp.offset if tp.offset >= 0 else 0)
@@ -150,21 +161,15 @@ class Replayer:
                              for p in active])
             stats.remaining = sum(self.plan.end[p] - position[p] for p in active)
             while active and not self._stop.is_set():
+                checkpoint.tick()
                 messages = [m for m in consumer.consume(s.worker.batch_max_messages, timeout=0.5) if not m.error()]
                 in_range = [m for m in messages
                             if m.partition() in active and m.offset() < self.plan.end[m.partition()]]
-                if in_range:
-                    outcome = run_batch(in_range, consumer, processor, writer, self.metrics)
-                    if outcome is None:
-                        self._stop.wait(1.0)
-                        continue
-                    stats.processed += len(in_range)
-                    stats.predicted += len(outcome.predictions)
-                    stats.dead_lettered += len(outcome.dead_letters)
-                for m in messages:
-                    p = m.partition()
-                    if p in active:
-                        position[p] = max(position[p], m.offset() + 1)
+                if in_range and not checkpoint.submit(in_range):  # not stored: redelivered after a pause
+                    continue
+                for m in messages:  # past the end of the range: that partition is done
+                    if m.partition() in active and m.offset() >= self.plan.end[m.partition()]:
+                        position[m.partition()] = max(position[m.partition()], self.plan.end[m.partition()])
                 done = {p for p in active if position[p] >= self.plan.end[p]}
                 if done:
                     consumer.incremental_unassign([TopicPartition(topic, p) for p in done])
@@ -174,6 +179,7 @@ class Replayer:
                 if progress is not None:
                     progress(stats)
         finally:
+            checkpoint.close()
             consumer.close()
             producer.flush(30)
             engine.dispose()

@@ -1,12 +1,16 @@
-"""Where a batch's results go: the predictions and dead-letter topics, then PostgreSQL.
+"""Where a batch's results go: PostgreSQL, then the predictions and dead-letter topics.
 
-The order is the checkpoint contract: Kafka acknowledges every record of the batch, then one
-upsert writes the rows, and only then may the caller commit the consumer offsets.
+The order is the checkpoint contract (stream_workers/checkpoint.py): one upsert writes the rows,
+then Kafka acknowledges every record of the batch, and only then may the caller commit the
+consumer offsets. A sink that fails says whether to wait and retry (:class:`SinkUnavailable`: the
+database or the broker is down) or whether the batch itself is at fault (:class:`SinkRejected`:
+a value the database refuses), in which case the caller bisects it to find the poison row.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import Engine
+from sqlalchemy import exc as sa
 
 from rakuten_stream.database import session_scope, upsert
 from rakuten_stream.kafka import DeliveryTracker, produce_with_backpressure
@@ -15,7 +19,30 @@ from stream_workers.batch import BatchOutcome
 
 
 class SinkError(RuntimeError):
-    """A sink did not take the batch: the caller must not commit and should retry it."""
+    """A sink did not take the batch: the caller must not commit it."""
+
+
+class SinkUnavailable(SinkError):
+    """The sink is down or did not answer in time: pause, back off, retry the same batch."""
+
+
+class SinkRejected(SinkError):
+    """The sink refused the batch's content (a data error): retrying it unchanged cannot help."""
+
+
+#: errors that say "this data", not "this connection": the batch is split to find the culprit
+REJECTED_BY_DATABASE = (sa.DataError, sa.IntegrityError)
+
+
+def database_error(exc: Exception, rows: int) -> SinkError:
+    message = f"database upsert of {rows} predictions failed: {exc}"
+    if isinstance(exc, sa.DBAPIError) and exc.connection_invalidated:
+        return SinkUnavailable(message)
+    if isinstance(exc, REJECTED_BY_DATABASE):
+        return SinkRejected(message)
+    if isinstance(exc, sa.StatementError) and not isinstance(exc, sa.DBAPIError):
+        return SinkRejected(message)  # a value the driver could not even send
+    return SinkUnavailable(message)
 
 
 class ResultWriter:
@@ -28,8 +55,9 @@ class ResultWriter:
         self.flush_timeout_s = flush_timeout_s
 
     def write(self, outcome: BatchOutcome) -> None:
-        self.write_topics(outcome)
+        """Both sinks in the checkpoint order (replay and tests; the worker's checkpoint calls them itself)."""
         self.write_database(outcome)
+        self.write_topics(outcome)
 
     def write_topics(self, outcome: BatchOutcome) -> None:
         tracker = DeliveryTracker()
@@ -42,7 +70,7 @@ class ResultWriter:
         remaining = self.producer.flush(self.flush_timeout_s)
         expected = len(outcome.predictions) + len(outcome.dead_letters)
         if remaining or tracker.failed or tracker.delivered != expected:
-            raise SinkError(f"Kafka took {tracker.delivered}/{expected} records ({remaining} still queued): "
+            raise SinkUnavailable(f"Kafka took {tracker.delivered}/{expected} records ({remaining} still queued): "
                             f"{tracker.errors[:3]}")
 
     def write_database(self, outcome: BatchOutcome) -> None:
@@ -54,7 +82,7 @@ class ResultWriter:
             with session_scope(self.engine) as session:
                 upsert(session, PredictionRow.__table__, rows, ["productid", "model_version"])
         except Exception as exc:
-            raise SinkError(f"database upsert of {len(rows)} predictions failed: {exc}") from exc
+            raise database_error(exc, len(rows)) from exc
 
 
 def prediction_row(p) -> dict:

@@ -1,14 +1,22 @@
 """The classifier worker: a consumer-group member that turns product listings into predictions.
 
 Loop, per micro-batch (bounded by ``batch_max_messages`` and ``batch_max_wait_ms``):
-consume -> decode/validate -> cache -> ONNX -> predictions + dead letters to Kafka (flushed)
--> upsert into the database -> commit the offsets. Nothing is committed before both sinks have
-the batch (at-least-once); the upsert makes redelivery harmless (no duplicate rows).
+consume -> decode/validate -> cache -> ONNX -> the checkpoint (stream_workers/checkpoint.py):
+upsert into the database -> predictions + dead letters to Kafka (confirmed) -> commit the
+offsets (with ``exactly-once``: records and offsets in one Kafka transaction). The upsert makes
+redelivery harmless (no duplicate rows).
 
-A failed sink rewinds the batch's partitions, so the next poll redelivers it after a pause. Between batches the
-worker polls for a promoted model version and swaps it in (a version that does not load is reported and the
-worker keeps serving the one it has; without a loadable model at start it waits). On SIGTERM/SIGINT it finishes the
-batch in hand, commits, closes the consumer (leaving the group) and flushes the producer.
+A failed sink write pauses the partitions of every batch in flight, rewinds them to their
+earliest uncommitted offset and retries after an exponential backoff with jitter
+(:attr:`Worker.health_state` reports unhealthy meanwhile); a message that makes its batch fail
+is found by bisection and dead-lettered. Between batches the worker polls for a promoted model
+version and swaps it in (a version that does not load is reported and the worker keeps serving
+the one it has; without a loadable model at start it waits). On SIGTERM/SIGINT it finishes the
+batch in hand, commits, closes the consumer and flushes the producer.
+
+Membership: dynamic by default (a stopped worker leaves the group, its partitions move at
+once); static (``group.instance.id``) only when ``RAKUTEN_WORKER_INSTANCE_ID`` names a stable
+id, e.g. a StatefulSet pod name, so that a restarted worker reclaims its own partitions.
 """
 
 from __future__ import annotations
@@ -31,15 +39,21 @@ from rakuten_stream.kafka import ensure_topics, make_consumer, make_producer
 from rakuten_stream.metrics import ServiceMetrics
 from rakuten_stream.settings import Settings
 from stream_workers.batch import BatchOutcome, BatchProcessor
-from stream_workers.checkpoint import PipelinedCycle
+from stream_workers.checkpoint import Batch, Checkpoint, Transactions
 from stream_workers.model_watcher import ModelState, ModelWatcher
+from stream_workers.retry import Backoff, SinkHealth
 from stream_workers.sinks import ResultWriter
 
 log = logging.getLogger(__name__)
 
 
-def default_instance_id() -> str:
+def process_id() -> str:
+    """Who this process is in logs and dead letters when no stable instance id is configured."""
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def transactional_id(settings: Settings, instance: str) -> str:
+    return f"rakuten-worker-{settings.worker.group_id}-{instance}"
 
 
 @dataclass
@@ -58,19 +72,23 @@ class Worker:
     """Run with :meth:`run` (blocking) and stop with :meth:`stop` (from a signal handler or thread)."""
 
     def __init__(self, settings: Settings, metrics: ServiceMetrics | None = None, engine: Engine | None = None,
-                 on_batch: Callable[[BatchOutcome], None] | None = None, retry_pause_s: float = 2.0) -> None:
+                 on_batch: Callable[[BatchOutcome], None] | None = None, retry_pause_s: float | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or ServiceMetrics()
         self.engine = engine or make_engine(settings.database.url.get_secret_value())
         self.on_batch = on_batch
-        self.retry_pause_s = retry_pause_s
-        self.instance_id = settings.worker.instance_id or default_instance_id()
+        w = settings.worker
+        self.backoff = Backoff(retry_pause_s or w.retry_initial_s, max(w.retry_max_s, retry_pause_s or 0))
+        self.static_member = w.instance_id is not None
+        self.instance_id = w.instance_id or process_id()
+        self.exactly_once = w.processing_guarantee == "exactly-once"
         self.stats = WorkerStats()
         self._stop = threading.Event()
         self._assigned: set[tuple[str, int]] = set()
         self._last_lag_export = 0.0
-        self._cycle: PipelinedCycle | None = None
+        self._checkpoint: Checkpoint | None = None
         self._watcher: ModelWatcher | None = None
+        self._health = SinkHealth()
 
     def stop(self) -> None:
         self._stop.set()
@@ -84,6 +102,12 @@ class Worker:
     def model_state(self) -> ModelState:
         """Which version is served, or why none is yet; failed loads (for readiness and metrics)."""
         return self._watcher.state if self._watcher is not None else ModelState()
+
+    @property
+    def health_state(self) -> SinkHealth:
+        """Whether the sinks take batches: unhealthy from a failed write until one succeeds, with the
+        paused partitions, the next retry time and the last error (for readiness and metrics)."""
+        return self._checkpoint.health if self._checkpoint is not None else self._health
 
     @property
     def stopping(self) -> bool:
@@ -104,24 +128,21 @@ class Worker:
             log.warning("Redis at %s does not answer: running without the prediction cache", s.cache.redis_url)
         self.metrics.cache_available.set(1 if cache_up else 0)
         processor = BatchProcessor(runtime, cache, self.metrics, s, self.instance_id)
-        producer = make_producer(s)
-        writer = ResultWriter(producer, self.engine, s.topics.predictions, s.topics.dead_letters)
-        consumer = make_consumer(s, s.worker.group_id, **{
-            "group.instance.id": self.instance_id,
-            "partition.assignment.strategy": "cooperative-sticky",
-            # prefetch about two batches, not librdkafka's 100k messages: bounded memory, and no
-            # fetch traffic while a full local queue waits for the model (empty fetches on a drained
-            # topic are the broker's to hold; the embedded broker answers them at once)
-            "queued.min.messages": 2 * s.worker.batch_max_messages,
-            "fetch.queue.backoff.ms": 20,
-        })
-        self._cycle = PipelinedCycle(consumer, processor, writer, self.metrics, on_stored=self._record)
+
+        consumer = make_consumer(s, s.worker.group_id, **self._consumer_config())
+        writer = ResultWriter(self._new_producer(), self.engine, s.topics.predictions, s.topics.dead_letters)
+        transactions = Transactions(self._new_producer, consumer, writer) if self.exactly_once else None
+        checkpoint = self._checkpoint = Checkpoint(consumer, processor, writer, self.metrics, self.backoff,
+                                                   transactions=transactions, on_stored=self._record,
+                                                   worker_id=self.instance_id)
         consumer.subscribe([s.topics.products], on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_lost)
-        log.info("worker %s consuming %s in group %s with model %s on %s", self.instance_id, s.topics.products,
+        log.info("worker %s (%s member, %s) consuming %s in group %s with model %s on %s", self.instance_id,
+                 "static" if self.static_member else "dynamic", s.worker.processing_guarantee, s.topics.products,
                  s.worker.group_id, runtime.version, runtime.provider)
         try:
             while not self._stop.is_set():
+                checkpoint.tick()  # resume partitions paused after a failed write once their backoff is over
                 messages = consumer.consume(num_messages=s.worker.batch_max_messages,
                                             timeout=s.worker.batch_max_wait_ms / 1000)
                 promoted = watcher.reload(processor.runtime.version)  # None: keep serving what we have
@@ -131,27 +152,47 @@ class Worker:
                     log.info("switched to model version %s", promoted.version)
                 messages = [m for m in messages if not self._is_benign_error(m)]
                 if messages:
-                    self._handle(messages)
-                elif not self._cycle.drain():  # idle: finish and commit the batch in flight now
+                    self.metrics.batch_size.observe(len(messages))
+                    self.metrics.messages_in.labels(topic=s.topics.products).inc(len(messages))
+                    stored = checkpoint.submit(messages)  # process, then store the batch before it
+                else:
+                    stored = checkpoint.drain()  # idle: finish and commit the batch in flight now
+                if not stored:
                     self.stats.retries += 1
                 self._export_lag(consumer)
         finally:
-            self._cycle.close()  # the batch in flight: stored and committed before we leave
-            consumer.close()  # commits nothing more (manual commits), leaves the group cleanly
-            producer.flush(30)
+            checkpoint.close()  # the batch in flight: stored and committed before we leave
+            consumer.close()  # commits nothing more (manual commits); a dynamic member leaves the group
+            writer.producer.flush(30)
             watcher.close()
-            self._cycle = None  # release the producer (and its librdkafka threads) with the loop
+            self._health = checkpoint.health
+            self._checkpoint = None  # release the producer (and its librdkafka threads) with the loop
         return self.stats
 
-    # --- one batch -----------------------------------------------------------------------------
-    def _handle(self, messages: list) -> None:
-        self.metrics.batch_size.observe(len(messages))
-        self.metrics.messages_in.labels(topic=self.settings.topics.products).inc(len(messages))
-        if not self._cycle.submit(messages):
-            self.stats.retries += 1
-            self._stop.wait(self.retry_pause_s)
+    def _consumer_config(self) -> dict[str, object]:
+        s = self.settings
+        config: dict[str, object] = {
+            "partition.assignment.strategy": "cooperative-sticky",
+            # prefetch about two batches, not librdkafka's 100k messages: bounded memory, and no
+            # fetch traffic while a full local queue waits for the model (empty fetches on a drained
+            # topic are the broker's to hold; the embedded broker answers them at once)
+            "queued.min.messages": 2 * s.worker.batch_max_messages,
+            "fetch.queue.backoff.ms": 20,
+        }
+        if self.static_member:  # a stable id (StatefulSet ordinal, configured): a restart reclaims its partitions
+            config["group.instance.id"] = self.instance_id
+        if self.exactly_once:
+            config["isolation.level"] = "read_committed"
+        return config
 
-    def _record(self, outcome: BatchOutcome, seconds: float) -> None:
+    def _new_producer(self):
+        if not self.exactly_once:
+            return make_producer(self.settings)
+        return make_producer(self.settings, **{"transactional.id": transactional_id(self.settings, self.instance_id)})
+
+    # --- one batch stored ----------------------------------------------------------------------
+    def _record(self, batch: Batch) -> None:
+        outcome, seconds = batch.outcome, time.perf_counter() - batch.started
         now = datetime.now(UTC)
         for p in outcome.predictions:
             if p.event_time is not None:
@@ -187,12 +228,14 @@ class Worker:
         log.info("assigned %s", sorted(p.partition for p in partitions))
 
     def _on_revoke(self, consumer, partitions) -> None:
-        self._cycle.drain()  # commit the batch in flight while the partitions are still ours
+        self._checkpoint.drain()  # commit the batch in flight while the partitions are still ours
+        self._checkpoint.forget(partitions)
         self._assigned -= {(p.topic, p.partition) for p in partitions}
         log.info("revoked %s", sorted(p.partition for p in partitions))
 
     def _on_lost(self, consumer, partitions) -> None:
         # gone already: the new owner redelivers what was not committed (the upsert absorbs it)
+        self._checkpoint.forget(partitions)
         self._assigned -= {(p.topic, p.partition) for p in partitions}
         log.warning("lost %s", sorted(p.partition for p in partitions))
 

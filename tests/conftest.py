@@ -141,3 +141,13 @@ def tiny_model(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return result.artifact_dir
 
 
+
+
+@pytest.fixture(scope="session")
+def text_model(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TF-IDF-only model version (no image model, no e5): the quickest real model, for worker tests."""
+    from training.pipeline import TrainConfig, train
+
+    result = train(TrainConfig(data=tiny_data, model_dir=tmp_path_factory.mktemp("text-models"), use_e5=False,
+                               use_image=False))
+    return result.artifact_dir
