@@ -27,6 +27,8 @@ class ScoredListing(BaseModel):
     top_k: list[CategoryScore]
     modalities: list[str]
     contributions: dict[str, float]
+    text_chars: int | None = None
+    modality_classes: dict[str, int] = {}
 
 
 @dataclass
@@ -38,10 +40,11 @@ class ScoredBatch:
 def score_batch(runtime: ModelRuntime, texts: Sequence[ListingText], images: Sequence[Image.Image | None],
                 top_k: int) -> ScoredBatch:
     prediction = runtime.predict(texts, images)
-    return ScoredBatch([_scored(runtime, prediction, row, top_k) for row in range(len(texts))], prediction)
+    return ScoredBatch([_scored(runtime, prediction, row, top_k, len(texts[row].full)) for row in range(len(texts))],
+                       prediction)
 
 
-def _scored(runtime: ModelRuntime, prediction: BatchPrediction, row: int, k: int) -> ScoredListing:
+def _scored(runtime: ModelRuntime, prediction: BatchPrediction, row: int, k: int, text_chars: int) -> ScoredListing:
     top = []
     for index, probability in prediction.top_k(row, k):
         code, name = runtime.category(index)
@@ -51,4 +54,7 @@ def _scored(runtime: ModelRuntime, prediction: BatchPrediction, row: int, k: int
         prdtypecode=top[0].prdtypecode, category=top[0].category, confidence=top[0].probability, top_k=top,
         modalities=modalities,
         contributions={m: round(float(prediction.contributions[m][row]), 4) for m in modalities},
+        text_chars=text_chars,
+        modality_classes={m: runtime.category(int(prediction.modality_probs[m][row].argmax()))[0] for m in modalities
+                          if m in prediction.modality_probs},
     )

@@ -1,8 +1,8 @@
 """One typed settings object for every part of the service, in named groups.
 
 ``Settings`` holds one small settings class per concern (``kafka``, ``topics``, ``broker``,
-``database``, ``cache``, ``models``, ``worker``, ``images``, ``limits``, ``inference``, ``http``) and is passed
-whole.
+``database``, ``cache``, ``models``, ``worker``, ``images``, ``limits``, ``inference``, ``http``,
+``drift``) and is passed whole.
 Every value reads from a ``RAKUTEN_*`` environment variable (or a ``.env`` file): a group's prefix
 plus the field name (``RAKUTEN_KAFKA_BOOTSTRAP_SERVERS``, ``RAKUTEN_TOPIC_PRODUCTS``), except where
 a field names its variable itself (``RAKUTEN_REDIS_URL``, ``RAKUTEN_BATCH_MAX_MESSAGES``). CLI flags
@@ -194,6 +194,36 @@ class HttpSettings(BaseSettings):
     batch_max_wait_ms: float = Field(10.0, ge=0, description="dynamic batching: longest wait of the oldest request")
 
 
+class DriftSettings(BaseSettings):
+    """``rakuten-stream drift-consumer``: windows over the predictions, drift alarms, retrain requests."""
+
+    model_config = _group("RAKUTEN_DRIFT_")
+
+    app_id: str = Field("rakuten-drift", description="faust application id (consumer group, table topics)")
+    state_dir: Path = Field(Path("var/state"), validation_alias=_env("state_dir", "RAKUTEN_STATE_DIR"),
+                            description="local state of the stream apps (the drift consumer's faust data folder "
+                            "and reports go in <state_dir>/drift)")
+    window_messages: int = Field(500, ge=10, description="a window closes after this many predictions ...")
+    window_seconds: float = Field(600.0, gt=0, description="... or this long after its first one")
+    min_window_messages: int = Field(50, ge=1, description="smaller windows (closed by time) are reported, not judged")
+    false_alarm_rate: float = Field(0.01, gt=0, lt=0.5,
+                                    description="share of windows of the training distribution allowed to alarm")
+    bootstrap_rounds: int = Field(2000, ge=200, description="bootstrap windows that calibrate the threshold")
+    max_f1_drop: float = Field(0.10, ge=0, le=1, description="alarm when the (estimated or true) weighted F1 "
+                               "falls this far below the reference's")
+    min_f1: float | None = Field(None, ge=0, le=1, description="alarm when the weighted F1 falls below this")
+    min_true_f1_labels: int = Field(100, ge=1, description="labels a window needs before its true F1 is judged")
+    label_backlog: int = Field(10_000, ge=1, description="new labels that ask for a retrain by themselves")
+    cooldown_seconds: int = Field(3600, ge=1, description="at most one retrain request per model version per cooldown")
+    episode_end_windows: int = Field(3, ge=1, description="healthy windows in a row that end a drift episode")
+    html_reports: bool = Field(True, description="store Evidently's HTML report of every window (gzip)")
+    metrics_port: int = Field(9109, ge=0, description="Prometheus port of the drift consumer; 0 disables it")
+
+    @property
+    def data_dir(self) -> Path:
+        return self.state_dir / "drift"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAKUTEN_SETTINGS_", extra="ignore", frozen=True)
 
@@ -208,6 +238,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
 
     def with_overrides(self, **groups: dict[str, Any] | None) -> Settings:
         """A copy with values replaced, validated like the environment:

@@ -25,7 +25,7 @@ class SourcePosition(BaseModel):
 class Prediction(VersionedMessage):
     TOPIC: ClassVar[str] = "predictions.v1"
 
-    schema_version: str = "1.1"
+    schema_version: str = "1.2"
 
     productid: int
     prdtypecode: int
@@ -44,5 +44,10 @@ class Prediction(VersionedMessage):
         None, description="why the listing's image was not used and the prediction is text only, starting with the "
         "outcome code (refused, not_found, too_large, timeout, truncated_image, ...); absent when the image was used "
         "or there was none (since 1.1)")
+    text_chars: int | None = Field(None, ge=0, description="characters of the cleaned title and description "
+                                   "(since 1.2; the drift consumer's text-length figure)")
+    modality_classes: dict[str, int] = Field(
+        default_factory=dict, description="the class each available modality alone would choose (since 1.2; the drift "
+        "consumer's per-modality agreement)")
     event_time: datetime | None = None
     predicted_at: datetime

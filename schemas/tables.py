@@ -17,6 +17,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -120,6 +121,15 @@ class DriftReportRow(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     drift_detected: Mapped[bool] = mapped_column(Boolean)
     report_path: Mapped[str | None] = mapped_column(Text)
+    window_id: Mapped[str | None] = mapped_column(String(128), comment="model version, window number")
+    drift_score: Mapped[float | None] = mapped_column(Float)
+    drift_threshold: Mapped[float | None] = mapped_column(Float, comment="bootstrap-calibrated for the window size")
+    estimated_f1: Mapped[float | None] = mapped_column(Float)
+    true_f1: Mapped[float | None] = mapped_column(Float, comment="on the labels that arrived; None without labels")
+    triggers: Mapped[list[str] | None] = mapped_column(JSON)
+    episode_id: Mapped[str | None] = mapped_column(String(64))
+    retrain_request_id: Mapped[str | None] = mapped_column(String(64))
+    report_html_gz: Mapped[bytes | None] = mapped_column(LargeBinary, comment="Evidently's HTML report, gzip")
 
 
 class RetrainJob(Base):

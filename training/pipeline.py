@@ -25,6 +25,7 @@ from inference.artifacts import E5Spec, FusionSpec, ImageSpec, Manifest, TfidfSp
 from inference.features.images import ImageDecodeError, ImagePreprocessing, decode_image
 from inference.features.text_cleaning import ListingText
 from inference.features.text_embedding import embed_in_batches, load_tokenizer
+from inference.reference_profile import build_profile, write_profile
 from inference.runtime import ModelRuntime
 from inference.scoring import score_batch
 from rakuten_stream.datasets import Dataset, ListingRecord, load_categories, load_dataset
@@ -244,8 +245,10 @@ def _train_into(out: Path, version: str, dataset: Dataset, snapshot_id: str, con
         "e5 int8 quantisation cost": metrics.get("e5_int8_cost", "not measured"),
     }, manifest.category_names, images)
     steps.done(f"plots and report ({timings['plots_s'] + clock.lap():.0f}s)")
+    write_profile(out, build_profile(version, classes, test_split.y, scored.probs, scored.modality_probs,
+                                     scored.present, [len(t.full) for t in test_split.texts]))
     manifest = manifest.model_copy(update={"metrics": metrics})
-    write_manifest(out, manifest)  # report, plots and metrics are part of the version, hashed too
+    write_manifest(out, manifest)  # report, plots, reference profile and metrics are part of the version, hashed too
     return TrainResult(version, out, metrics, report, snapshot_id, test_split.records)
 
 

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from inference import registry
 from inference.artifacts import ArtifactError, read_manifest
 from inference.features.text_cleaning import ListingText
+from inference.reference_profile import read_profile
 from inference.runtime import ModelRuntime
 from rakuten_cli.main import app
 from rakuten_stream.database import make_engine, upgrade
@@ -35,6 +36,18 @@ def test_a_version_holds_onnx_graphs_a_manifest_with_hashes_a_report_and_plots(t
     assert 0 < metrics["weighted_f1"] <= 1
     assert set(metrics["per_modality_f1"]) == {"tfidf", "image"}
     assert metrics["fusion"]["method"] in ("weighted", "stacking")
+
+
+def test_a_version_holds_the_reference_profile_of_its_held_out_predictions(tiny_model):
+    manifest = read_manifest(tiny_model)
+    assert "reference_profile.json" in manifest.files  # hashed with the version
+    profile = read_profile(tiny_model)
+    assert len(profile.rows) == manifest.parameters["n_test"]
+    assert profile.weighted_f1 == pytest.approx(manifest.metrics["weighted_f1"], abs=1e-3)
+    row = profile.rows[0]
+    assert row.predicted_class == row.top_k[0][0] and row.confidence == row.top_k[0][1]
+    assert len(row.top_k) == 5 and row.text_chars > 0 and "tfidf" in row.modality_classes
+    assert any(r.has_image for r in profile.rows)  # the tiny subset prefers rows with an image
 
 
 def test_a_tampered_artifact_is_refused(tiny_model, tmp_path):
