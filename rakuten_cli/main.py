@@ -53,6 +53,7 @@ app.command("doctor")(infra_commands.doctor)
 app.command("config")(infra_commands.show_config)
 # -- publish / results / lag (producers and downstream consumers) --
 app.command("publish")(stream_commands.publish)
+app.command("label")(stream_commands.label)
 app.command("results")(stream_commands.results)
 app.command("lag")(stream_commands.lag)
 # -- training and the model registry --

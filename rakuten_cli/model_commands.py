@@ -184,20 +184,23 @@ def score(
 
 def retrain_worker(
     ctx: typer.Context,
-    data: Path = typer.Option(None, "--data", help="training data (default: RAKUTEN_DATA_DIR)"),
-    e5: bool = typer.Option(True, "--e5/--no-e5"),
+    e5: bool = typer.Option(None, "--e5/--no-e5", help="train the e5 text model (default: RAKUTEN_RETRAIN_USE_E5)"),
+    image: bool = typer.Option(None, "--image/--no-image",
+                               help="train the image model (default: RAKUTEN_RETRAIN_USE_IMAGE)"),
 ) -> None:
-    """Consume retrain requests: train, gate, register and announce; SIGTERM stops between requests."""
-    from rakuten_stream.metrics import ServiceMetrics
+    """Consume retrain requests: train on the database's labeled rows (the loaded dataset and every label
+    received), gate, register and announce; SIGTERM stops between requests.
+
+    Start from a dataset in the database: `rakuten-stream train --data DIR` (or `load-data --data DIR`).
+    """
+    from rakuten_stream.metrics import RetrainMetrics
     from training.retrain_worker import RetrainWorker
 
-    settings = settings_of(ctx)
-    data = data or settings.models.data_dir
-    if data is None:
-        fail("give --data or set RAKUTEN_DATA_DIR")
+    settings = settings_of(ctx).with_overrides(retrain={"use_e5": e5, "use_image": image})
     require_kafka(settings)
-    ServiceMetrics().serve(settings.worker.metrics_port)  # liveness for compose/Kubernetes health checks
-    worker = RetrainWorker(settings, _engine(settings), data, config_overrides={"use_e5": e5})
+    metrics = RetrainMetrics()
+    metrics.serve(settings.worker.metrics_port)  # the jobs' figures; liveness for compose/Kubernetes
+    worker = RetrainWorker(settings, _engine(settings), metrics=metrics)
     with stopping_on_signals(worker.stop):
         worker.run()
 

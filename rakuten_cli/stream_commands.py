@@ -1,4 +1,4 @@
-"""`publish`, `results`, `lag`: putting listings on the stream, reading what comes out, watching the gap.
+"""`publish`, `label`, `results`, `lag`: putting listings on the stream, reading what comes out, watching the gap.
 
 Exit codes: 0 done; 1 some listings failed (`publish`) or a partition's lag is over `--max-lag`
 (`lag`); 2 bad input or nothing to measure (missing file or column, unknown topic, Kafka down).
@@ -123,6 +123,54 @@ def _print_summary(summary: PublishSummary, as_json: bool) -> None:
         f"{summary.megabytes_per_second:.2f} MB/s", highlight=False, soft_wrap=True)
     for error in summary.errors[:10]:
         console.print(f"  [yellow]-[/] {error}", highlight=False, soft_wrap=True)
+
+
+# -- label ------------------------------------------------------------------------------------------
+def label(
+    ctx: typer.Context,
+    data: str = typer.Option(..., "--data", "-d", help="a .csv or .jsonl file with productid and prdtypecode "
+                                                       "(source, event_time optional), or - for stdin"),
+    source: str = typer.Option(None, "--source", help="where the labels come from, for rows that do not say"),
+    as_json: bool = typer.Option(False, "--json", help="the summary as one JSON object on stdout"),
+    timeout: float = typer.Option(KAFKA_TIMEOUT_S, "--timeout", min=0.1, help=TIMEOUT_HELP),
+) -> None:
+    """Publish labels (a listing's true category, feedback for drift and retraining) to the labels topic.
+
+    Bad rows are reported with their line and reason and not sent; the good ones are. Exit 1 when a
+    row was bad or not delivered.
+    """
+    from producers.labels import LabelPublisher, read_labels
+
+    settings = settings_of(ctx)
+    try:
+        if data == "-":
+            rows = read_labels(sys.stdin, "-", source)
+        else:
+            with open(data, encoding="utf-8") as handle:
+                rows = read_labels(handle, data, source)
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read {data}: {getattr(exc, 'strerror', None) or exc}")
+    except ValueError as exc:
+        fail(str(exc))
+    if not rows.labels and not rows.bad:
+        fail(f"{data}: no labels in it")
+    require_kafka(settings, timeout)
+    sent = None
+    if rows.labels:
+        with sigterm_interrupts(), LabelPublisher(settings) as publisher:
+            sent = publisher.publish(rows.labels)
+    summary = {"sent": sent.sent if sent else 0, "failed": sent.failed if sent else 0, "bad_rows": len(rows.bad),
+               "topic": settings.topics.labels, "format": rows.format,
+               "errors": [str(b) for b in rows.bad[:50]] + (sent.errors if sent else [])}
+    if as_json:
+        print(json.dumps(summary), flush=True)
+    else:
+        colour = "green" if not (summary["failed"] or rows.bad) else "yellow"
+        console.print(f"[{colour}]sent {summary['sent']} label(s)[/] to {summary['topic']}, "
+                      f"{len(rows.bad)} bad row(s), {summary['failed']} not delivered", highlight=False, soft_wrap=True)
+        for error in summary["errors"][:20]:
+            console.print(f"  [yellow]-[/] {error}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1 if summary["failed"] or rows.bad else 0)
 
 
 # -- results ----------------------------------------------------------------------------------------

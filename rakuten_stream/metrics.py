@@ -50,3 +50,23 @@ class ServiceMetrics:
         """Expose ``/metrics`` on ``port`` (0 means: do not serve)."""
         if port:
             start_http_server(port, registry=self.registry)
+
+
+class RetrainMetrics:
+    """The retrain worker's figures: jobs by outcome, the labeled rows it last trained on."""
+
+    OUTCOMES = ("started", "promoted", "rejected", "failed")
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.jobs = Counter("rakuten_retrain_jobs_total",
+                            "retrain jobs by outcome (started, promoted, rejected, failed)", ["outcome"],
+                            registry=self.registry)
+        for outcome in self.OUTCOMES:
+            self.jobs.labels(outcome=outcome)  # every series exists from the start (rate() and alerts see 0)
+        self.labeled_rows = Gauge("rakuten_retrain_stream_labeled_rows",
+                                  "rows labeled on labels.v1 in the last retrain's dataset", registry=self.registry)
+
+    def serve(self, port: int) -> None:
+        if port:
+            start_http_server(port, registry=self.registry)

@@ -2,7 +2,7 @@
 
 ``Settings`` holds one small settings class per concern (``kafka``, ``topics``, ``broker``,
 ``database``, ``cache``, ``models``, ``worker``, ``images``, ``limits``, ``inference``, ``http``,
-``drift``) and is passed whole.
+``drift``, ``retrain``) and is passed whole.
 Every value reads from a ``RAKUTEN_*`` environment variable (or a ``.env`` file): a group's prefix
 plus the field name (``RAKUTEN_KAFKA_BOOTSTRAP_SERVERS``, ``RAKUTEN_TOPIC_PRODUCTS``), except where
 a field names its variable itself (``RAKUTEN_REDIS_URL``, ``RAKUTEN_BATCH_MAX_MESSAGES``). CLI flags
@@ -224,6 +224,23 @@ class DriftSettings(BaseSettings):
         return self.state_dir / "drift"
 
 
+class RetrainSettings(BaseSettings):
+    """The retrain worker: its consumer groups, how it reads the labels the stream brought, the gate."""
+
+    model_config = _group("RAKUTEN_RETRAIN_")
+
+    group_id: str = Field("retrain-workers", description="consumer group of retrain-requests.v1")
+    sync_group_id: str = Field("retrain-labeled-data",
+                               description="consumer groups (-labels, -listings) that copy labels.v1 and "
+                                           "products.v1 into the database")
+    sync_batch_rows: int = Field(500, ge=1, description="rows per upsert (and per offset commit) of that copy")
+    sync_interval_s: float = Field(300.0, ge=0, description="copy the new labels and listings this often while "
+                                                              "idle (0: only when a retrain starts)")
+    min_improvement: float = Field(0.0, ge=0, description="weighted F1 a candidate must gain over production")
+    use_e5: bool = Field(True, description="train the e5 text model (if installed)")
+    use_image: bool = Field(True, description="train the image model (if installed)")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAKUTEN_SETTINGS_", extra="ignore", frozen=True)
 
@@ -239,6 +256,7 @@ class Settings(BaseSettings):
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
+    retrain: RetrainSettings = Field(default_factory=RetrainSettings)
 
     def with_overrides(self, **groups: dict[str, Any] | None) -> Settings:
         """A copy with values replaced, validated like the environment:

@@ -85,11 +85,32 @@ class PredictionRow(Base):
 
 
 class LabelRow(Base):
+    """The latest label of a product received on ``labels.v1`` (it overrides the dataset's label)."""
+
     __tablename__ = "labels"
 
     productid: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     prdtypecode: Mapped[int] = mapped_column(Integer)
     source: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    event_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), comment="the label's own time")
+    source_partition: Mapped[int | None] = mapped_column(Integer)
+    source_offset: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class StreamListing(Base):
+    """A listing as it came on ``products.v1`` (the latest per product): the text a label trains on."""
+
+    __tablename__ = "stream_listings"
+
+    productid: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    imageid: Mapped[int | None] = mapped_column(BigInteger)
+    designation: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    image_uri: Mapped[str | None] = mapped_column(Text, comment="by-reference images only; inline bytes are not kept")
+    event_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    source_partition: Mapped[int | None] = mapped_column(Integer)
+    source_offset: Mapped[int | None] = mapped_column(BigInteger)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
@@ -105,6 +126,8 @@ class ModelVersion(Base):
     parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     gate_decision: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    training_rows: Mapped[list[Any] | None] = mapped_column(
+        JSON, comment="productids the version was trained on (the gate scores on the others)")
     promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
@@ -142,4 +165,7 @@ class RetrainJob(Base):
     drift_report_id: Mapped[str | None] = mapped_column(ForeignKey("drift_reports.report_id"))
     candidate_version: Mapped[str | None] = mapped_column(String(64))
     decision: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    steps: Mapped[list[Any] | None] = mapped_column(
+        JSON, comment="each step as it finished: what it did, found, decided")
+    snapshot_id: Mapped[str | None] = mapped_column(String(64), comment="the dataset snapshot the job trained on")
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

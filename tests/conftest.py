@@ -151,3 +151,20 @@ def text_model(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     result = train(TrainConfig(data=tiny_data, model_dir=tmp_path_factory.mktemp("text-models"), use_e5=False,
                                use_image=False))
     return result.artifact_dir
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
+    """A PostgreSQL database of this test alone (migrated), dropped afterwards: for tests that count rows."""
+    import psycopg
+
+    from rakuten_stream.database import upgrade
+
+    name = f"rakuten_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"{POSTGRES_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    upgrade(url)
+    yield url
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

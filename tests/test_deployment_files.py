@@ -434,6 +434,16 @@ def test_every_role_has_its_deployment_running_a_real_subcommand(k8s):
     assert k8s["Deployment", "rakuten-retrain-worker"]["spec"]["strategy"]["type"] == "Recreate"
 
 
+def test_the_retrain_worker_trains_on_the_database_not_on_a_data_folder(k8s, our_services):
+    """It is handed no folder (no --data, no RAKUTEN_DATA_DIR): its rows are the database's labeled rows."""
+    compose_env = our_services["retrain"].get("environment") or {}
+    assert "--data" not in command_of(our_services["retrain"]["command"])
+    assert "RAKUTEN_DATA_DIR" not in compose_env
+    container = container_of(k8s, "rakuten-retrain-worker")
+    assert "--data" not in command_of(container["args"])
+    assert "RAKUTEN_DATA_DIR" not in {e["name"] for e in container.get("env", [])}
+
+
 def test_services_and_disruption_budgets_select_their_pods(k8s):
     labels = {name: pod["metadata"]["labels"] for name, pod in pod_templates(k8s).items()}
     for kind in ("Service", "PodDisruptionBudget"):

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data: Path
+    data: Path | None  # a folder or file; None when the dataset is handed to :func:`train` (the database)
     model_dir: Path
     limit: int | None = None
     test_size: float = 0.2
@@ -64,6 +64,7 @@ class TrainResult:
     report: Path
     snapshot_id: str
     test_records: list[ListingRecord]
+    train_productids: list[int] = field(default_factory=list)  # recorded with the version (the gate needs them)
 
 
 @dataclass
@@ -153,11 +154,16 @@ def with_available_models(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(config, use_e5=wanted["e5"], use_image=wanted["image"])
 
 
-def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
+def train(config: TrainConfig, progress: Progress | None = None, dataset: Dataset | None = None,
+          snapshot_id: str | None = None) -> TrainResult:
+    """Train on ``config.data``, or on ``dataset`` (with its ``snapshot_id``) when given."""
     config = with_available_models(config)
     steps = _Steps(progress)
-    dataset = load_dataset(config.data, limit=config.limit)
-    snapshot_id = dataset.content_hash()
+    if dataset is None:
+        if config.data is None:
+            raise ValueError("nothing to train on: give TrainConfig.data or a dataset")
+        dataset = load_dataset(config.data, limit=config.limit)
+    snapshot_id = snapshot_id or dataset.content_hash()
     version = new_version_id(snapshot_id)
     out = Path(config.model_dir) / version
     out.mkdir(parents=True, exist_ok=False)
@@ -171,7 +177,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
 def _train_into(out: Path, version: str, dataset: Dataset, snapshot_id: str, config: TrainConfig,
                 steps: _Steps) -> TrainResult:
     train_split, test_split, classes = split_dataset(dataset, config)
-    categories = load_categories(dataset.path)
+    categories = load_categories(dataset.path if dataset.files else None)
     timings: dict[str, float] = {}
     oof: dict[str, np.ndarray] = {}
     present: dict[str, np.ndarray] = {}
@@ -249,7 +255,8 @@ def _train_into(out: Path, version: str, dataset: Dataset, snapshot_id: str, con
                                      scored.present, [len(t.full) for t in test_split.texts]))
     manifest = manifest.model_copy(update={"metrics": metrics})
     write_manifest(out, manifest)  # report, plots, reference profile and metrics are part of the version, hashed too
-    return TrainResult(version, out, metrics, report, snapshot_id, test_split.records)
+    return TrainResult(version, out, metrics, report, snapshot_id, test_split.records,
+                       sorted(r.productid for r in train_split.records))
 
 
 class _Clock:

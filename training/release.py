@@ -17,7 +17,8 @@ from inference.artifacts import read_manifest
 from rakuten_stream.datasets import load_dataset
 from rakuten_stream.kafka import ensure_topics
 from rakuten_stream.settings import Settings
-from training.data_loading import record_snapshot
+from training.data_loading import load_into_database
+from training.labeled_data import LabeledData, record_labeled_snapshot
 from training.pipeline import TrainConfig, TrainResult, train
 from training.quality_gate import decide
 
@@ -36,17 +37,27 @@ class Release:
 
 
 def train_and_release(settings: Settings, engine: Engine, config: TrainConfig, promote: bool = True,
-                      progress: Progress | None = None) -> Release:
-    result = train(config, progress)
-    record_snapshot(engine, load_dataset(config.data, limit=config.limit), result.snapshot_id)
-    registry.register(engine, read_manifest(result.artifact_dir), result.artifact_dir, result.snapshot_id)
+                      progress: Progress | None = None, labeled: LabeledData | None = None,
+                      min_improvement: float = 0.0) -> Release:
+    """Train on ``config.data`` (a folder, then loaded into the database, so that retraining starts from it)
+    or on ``labeled`` (the database's labeled rows), record the snapshot, register with the training rows,
+    gate and announce."""
+    if labeled is not None:
+        result = train(config, progress, dataset=labeled.dataset, snapshot_id=labeled.snapshot_id)
+        record_labeled_snapshot(engine, labeled)
+    else:
+        result = train(config, progress)
+        load_into_database(engine, load_dataset(config.data, limit=config.limit))  # idempotent, with the snapshot
+    registry.register(engine, read_manifest(result.artifact_dir), result.artifact_dir, result.snapshot_id,
+                      training_rows=result.train_productids)
     decision: dict = {}
     announced = False
     if promote:
         task = progress.add_task("quality gate: candidate and production on the held-out rows", total=1) \
             if progress is not None else None
         started = time.monotonic()
-        decision = decide(engine, result.version, result.metrics["weighted_f1"], result.test_records)
+        decision = decide(engine, result.version, result.test_records, min_improvement,
+                          labeled.labeled_productids if labeled is not None else ())
         if task is not None:
             progress.update(task, completed=1,
                             description=f"[green]✓[/] quality gate ({time.monotonic() - started:.0f}s)")

@@ -8,7 +8,7 @@ from rakuten_stream.database import make_engine, table_names, upgrade
 from schemas.tables import Base
 
 EXPECTED_TABLES = {"products", "predictions", "labels", "model_versions", "drift_reports", "retrain_jobs",
-                   "dataset_snapshots"}
+                   "dataset_snapshots", "stream_listings"}
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

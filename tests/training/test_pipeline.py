@@ -19,7 +19,8 @@ from rakuten_stream.database import make_engine, upgrade
 from rakuten_stream.datasets import load_dataset
 from rakuten_stream.hashing import sha256_of
 from tests.helpers import copy_as_new_version
-from training.quality_gate import decide
+from training.pipeline import TrainConfig, split_dataset
+from training.quality_gate import decide, score_version
 
 
 def test_a_version_holds_onnx_graphs_a_manifest_with_hashes_a_report_and_plots(tiny_model):
@@ -73,24 +74,44 @@ def test_the_runtime_handles_a_missing_image_and_reports_contributions(tiny_mode
     np.testing.assert_allclose(text_only.probs[0], batch.probs[1], atol=1e-6)
 
 
-def test_the_quality_gate_promotes_only_a_better_candidate(tiny_model, tmp_path, sqlite_url, tiny_data):
+def test_the_gate_scores_both_versions_on_the_same_rows_none_of_which_production_trained_on(
+        tiny_model, tmp_path, sqlite_url, tiny_data):
     upgrade(sqlite_url)
     engine = make_engine(sqlite_url)
+    dataset = load_dataset(tiny_data)
+    train_split, _, _ = split_dataset(dataset, TrainConfig(data=tiny_data, model_dir=tmp_path))  # tiny_model's split
+    trained = {r.productid for r in train_split.records}
+    production = read_manifest(tiny_model).version
+    registry.register(engine, read_manifest(tiny_model), tiny_model, None, training_rows=sorted(trained))
+    registry.promote(engine, production)
+    candidate = copy_as_new_version(tiny_model, tmp_path, "candidate-same-graphs")
+    registry.register(engine, read_manifest(candidate), candidate, None)
+
+    held_out = dataset.records[:120]  # a candidate's held-out rows: most of them production was trained on
+    unseen = [r for r in held_out if r.productid not in trained]
+    assert 0 < len(unseen) < len(held_out)
+    decision = decide(engine, "candidate-same-graphs", held_out)
+
+    assert decision["evaluated_productids"] == sorted(r.productid for r in unseen)
+    assert decision["excluded_rows"] == len(held_out) - len(unseen)
+    # the same graphs on the same rows score the same: the figures are comparable, and a tie is not promoted
+    assert decision["candidate_weighted_f1"] == decision["production_weighted_f1"] == score_version(tiny_model, unseen)
+    assert decision["promoted"] is False and "on the same" in decision["reason"]
+    assert registry.production(engine).version == production
+    assert registry.get_version(engine, "candidate-same-graphs").gate_decision["promoted"] is False
+    # what scoring production on rows it has seen would have done: flatter it
+    assert score_version(tiny_model, held_out) > score_version(tiny_model, unseen)
+
+
+def test_the_gate_promotes_the_first_version_and_archives_none(tiny_model, sqlite_url, tiny_data):
+    upgrade(sqlite_url)
+    engine = make_engine(sqlite_url)
+    version = read_manifest(tiny_model).version
     registry.register(engine, read_manifest(tiny_model), tiny_model, None)
-    registry.promote(engine, read_manifest(tiny_model).version)
-    records = load_dataset(tiny_data).records[:60]
-
-    worse = copy_as_new_version(tiny_model, tmp_path, "candidate-worse")
-    registry.register(engine, read_manifest(worse), worse, None)
-    decision = decide(engine, "candidate-worse", candidate_f1=0.0, records=records)
-    assert decision["promoted"] is False and decision["production_weighted_f1"] > 0
-    assert registry.get_version(engine, "candidate-worse").gate_decision["promoted"] is False
-
-    better = copy_as_new_version(tiny_model, tmp_path, "candidate-better")
-    registry.register(engine, read_manifest(better), better, None)
-    assert decide(engine, "candidate-better", candidate_f1=1.01, records=records)["promoted"] is True
-    assert registry.production(engine).version == "candidate-better"
-    assert registry.get_version(engine, read_manifest(tiny_model).version).stage == "archived"
+    decision = decide(engine, version, load_dataset(tiny_data).records[:30])
+    assert decision["promoted"] is True and decision["reason"] == "no production version yet"
+    assert decision["evaluated_rows"] == 30 and 0 < decision["candidate_weighted_f1"] <= 1
+    assert registry.production(engine).version == version
 
 
 def test_load_data_is_idempotent_and_records_a_snapshot(tiny_data, sqlite_url):

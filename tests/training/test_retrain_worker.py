@@ -1,45 +1,51 @@
-"""The retrain worker: a request becomes a trained, gated version; a redelivered one trains nothing."""
+"""The retrain worker's bookkeeping: a job row for each request, its steps, a failure recorded and counted.
+(The whole loop, training and the gate included, is tests/training/test_learning_loop.py.)"""
 
 from __future__ import annotations
 
 import threading
 
-import pytest
-
-from inference import registry
-from rakuten_stream.database import make_engine, session_scope, upgrade
+from rakuten_stream.database import make_engine, session_scope
 from rakuten_stream.kafka import ensure_topics, make_producer
+from rakuten_stream.metrics import RetrainMetrics
 from schemas import RetrainRequest
 from schemas.tables import RetrainJob
 from tests.helpers import wait_until
 from training.retrain_worker import RetrainWorker
 
-pytestmark = pytest.mark.slow
 
-
-def test_a_retrain_request_trains_gates_and_records_a_job_once(settings, tiny_data):
+def test_a_request_with_nothing_to_train_on_is_a_failed_job_that_says_what_to_do(settings, fresh_postgres_url):
+    run = settings.worker.group_id
+    settings = settings.with_overrides(database={"url": fresh_postgres_url},
+                                       retrain={"group_id": f"retrain-{run}", "sync_group_id": f"sync-{run}"})
     ensure_topics(settings)
-    upgrade(settings.database.url.get_secret_value())
-    engine = make_engine(settings.database.url.get_secret_value())
-    request = RetrainRequest(request_id="drift-2026-11-23", reason="prediction drift on 1560")
+    engine = make_engine(fresh_postgres_url)
     producer = make_producer(settings)
-    for _ in range(2):  # the same request delivered twice
-        producer.produce(settings.topics.retrain_requests, key=b"r", value=request.to_bytes())
+    producer.produce(settings.topics.retrain_requests, key=b"x", value=b"{not a request")  # skipped, logged
+    request = RetrainRequest(request_id="empty-db", reason="label_backlog", drift_report_id="not-stored",
+                             triggers=["label_backlog"])
+    producer.produce(settings.topics.retrain_requests, key=b"r", value=request.to_bytes())
     assert producer.flush(10) == 0
 
-    worker = RetrainWorker(settings, engine, tiny_data, group_id=f"retrain-{settings.worker.group_id}",
-                           config_overrides={"use_e5": False, "use_image": False})
+    metrics = RetrainMetrics()
+    worker = RetrainWorker(settings, engine, config_overrides={"use_e5": False, "use_image": False}, metrics=metrics)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:
-        assert wait_until(lambda: len(worker.jobs_done) >= 1, 300)
-        assert not wait_until(lambda: len(worker.jobs_done) >= 2, 5)  # the second delivery was skipped
+        assert wait_until(lambda: worker.jobs_done == ["empty-db"], 60)
     finally:
         worker.stop()
         thread.join(30)
 
     with session_scope(engine) as session:
-        job = session.get(RetrainJob, "drift-2026-11-23")
-        assert job.status == "succeeded" and job.finished_at is not None
-        assert job.decision["promoted"] is True  # nothing in production yet: the first version passes
-    assert registry.production(engine).version == job.candidate_version
+        job = session.get(RetrainJob, "empty-db")
+        assert job.status == "failed" and job.finished_at is not None
+        assert "no labeled rows in the database" in job.decision["error"]
+        assert job.drift_report_id is None  # the report is not in drift_reports: noted, not a broken job row
+        assert [s["step"] for s in job.steps] == ["request", "sync", "dataset", "failed"]
+        assert "not-stored" in job.steps[0]["note"] and job.steps[0]["triggers"] == ["label_backlog"]
+        assert job.steps[2]["rows"] == 0
+    assert metrics.jobs.labels(outcome="started")._value.get() == 1
+    assert metrics.jobs.labels(outcome="failed")._value.get() == 1
+    assert metrics.jobs.labels(outcome="promoted")._value.get() == 0
+    engine.dispose()
