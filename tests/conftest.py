@@ -141,8 +141,6 @@ def tiny_model(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return result.artifact_dir
 
 
-
-
 @pytest.fixture(scope="session")
 def text_model(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A TF-IDF-only model version (no image model, no e5): the quickest real model, for worker tests."""
