@@ -127,6 +127,10 @@ def _copy_topic(settings: Settings, engine: Engine, copy: TopicCopy, to_row, tab
                 positions[partition] = message.offset() + 1
                 if positions[partition] >= ends[partition]:
                     ends.pop(partition)
+            if ends and not messages:  # offsets without a message (transaction markers, compaction)
+                for tp in consumer.position([TopicPartition(copy.topic, p) for p in ends]):
+                    if tp.offset >= ends[tp.partition]:
+                        positions[tp.partition] = ends.pop(tp.partition)
             if len(pending) >= batch_rows or (positions and not ends):
                 _store(engine, consumer, copy, table, pending, positions)
             if ends and time.monotonic() - last_message > idle_timeout_s:
