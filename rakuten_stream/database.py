@@ -16,6 +16,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, Table, create_engine, event, inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.expression import Executable
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -72,26 +73,32 @@ def table_names(engine: Engine) -> set[str]:
     return set(inspect(engine).get_table_names())
 
 
-def upsert(session: Session, table: Table, rows: Sequence[dict[str, Any]], conflict_columns: Sequence[str],
-           update_columns: Sequence[str] | None = None) -> None:
-    """One ``INSERT ... ON CONFLICT DO UPDATE`` for the whole batch (PostgreSQL and SQLite).
+def upsert_statement(dialect: str, table: Table, conflict_columns: Sequence[str],
+                     update_columns: Sequence[str]) -> Executable:
+    """``INSERT ... ON CONFLICT DO UPDATE`` of ``table``, to execute with a list of rows.
 
+    Built once and executed with each batch's rows (an executemany that SQLAlchemy sends as one
+    multi-row INSERT), so neither the statement nor its compiled SQL is rebuilt per batch.
     Redelivered rows overwrite themselves: the sink stays idempotent under at-least-once.
     """
-    if not rows:
-        return
-    dialect = session.get_bind().dialect.name
     insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
     if insert is None:
         raise NotImplementedError(f"upsert is implemented for PostgreSQL and SQLite, not {dialect}")
-    statement = insert(table).values(list(rows))
+    statement = insert(table)
+    if update_columns:
+        return statement.on_conflict_do_update(
+            index_elements=list(conflict_columns), set_={c: statement.excluded[c] for c in update_columns}
+        )
+    return statement.on_conflict_do_nothing(index_elements=list(conflict_columns))
+
+
+def upsert(session: Session, table: Table, rows: Sequence[dict[str, Any]], conflict_columns: Sequence[str],
+           update_columns: Sequence[str] | None = None) -> None:
+    """One upsert of the whole batch (PostgreSQL and SQLite); see :func:`upsert_statement`."""
+    if not rows:
+        return
     columns = update_columns if update_columns is not None else [
         c for c in rows[0] if c not in conflict_columns
     ]
-    if columns:
-        statement = statement.on_conflict_do_update(
-            index_elements=list(conflict_columns), set_={c: statement.excluded[c] for c in columns}
-        )
-    else:
-        statement = statement.on_conflict_do_nothing(index_elements=list(conflict_columns))
-    session.execute(statement)
+    statement = upsert_statement(session.get_bind().dialect.name, table, conflict_columns, columns)
+    session.execute(statement, list(rows))

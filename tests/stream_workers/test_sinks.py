@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
+import stream_workers.sinks as sinks
 from rakuten_stream.database import make_engine, upgrade
 from schemas.tables import PredictionRow
 from stream_workers.batch import BatchOutcome
@@ -61,3 +62,16 @@ def test_kafka_that_does_not_confirm_every_record_is_unavailable(writer):
     writer.producer.fail_flush = 1
     with pytest.raises(SinkUnavailable, match="Kafka took 0/2"):
         writer.write_topics(outcome(1, 2))
+
+
+def test_the_upsert_statement_is_built_once_not_per_batch(sqlite_url, monkeypatch):
+    """Rebuilding the multi-row INSERT for every batch cost 7% of a TF-IDF-only worker (issue 13)."""
+    built = []
+    original = sinks.upsert_statement
+    monkeypatch.setattr(sinks, "upsert_statement", lambda *a, **k: built.append(a) or original(*a, **k))
+    upgrade(sqlite_url)
+    writer = ResultWriter(StubProducer(), make_engine(sqlite_url), "predictions", "dlq")
+    for batch in range(3):
+        writer.write_database(outcome(*range(batch, batch + 50)))
+    assert len(built) == 1
+    assert rows(writer) == list(range(52))
