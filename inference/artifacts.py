@@ -28,6 +28,7 @@ class TfidfSpec(BaseModel):
     featurizer: str
     classifier: str
     classes: list[int]
+    linear: str | None = Field(None, description="the classifier for sparse rows (npz); absent: the ONNX classifier")
 
 
 class E5Spec(BaseModel):

@@ -22,7 +22,7 @@ from inference.artifacts import ArtifactError, Manifest, read_manifest
 from inference.features.images import ImagePreprocessing, preprocess
 from inference.features.text_cleaning import ListingText
 from inference.features.text_embedding import embed_in_batches, load_tokenizer
-from inference.features.tfidf import TfidfFeaturizer
+from inference.features.tfidf import SparseLinearClassifier, TfidfFeaturizer
 from inference.fusion import (
     expand_to_classes,
     fuse_weighted,
@@ -75,7 +75,10 @@ class ModelRuntime:
         self.classes = np.asarray(m.classes)
         if m.tfidf:
             self.featurizer = TfidfFeaturizer.load(self.artifact_dir / m.tfidf.featurizer)
-            self.tfidf = self._session(m.tfidf.classifier)
+            self.tfidf = self._session(m.tfidf.classifier)  # loaded either way: a version is verified whole
+            # sparse rows through the sparse classifier; a version without one: dense rows through ONNX
+            self.tfidf_linear = (SparseLinearClassifier.load(self.artifact_dir / m.tfidf.linear)
+                                 if m.tfidf.linear else None)
         if m.e5:
             self.tokenizer = load_tokenizer(self.artifact_dir / m.e5.tokenizer, m.e5.max_length)
             self.e5_encoder = self._session(m.e5.encoder)
@@ -124,7 +127,10 @@ class ModelRuntime:
     # --- per modality ------------------------------------------------------------------------
     def predict_tfidf(self, texts: Sequence[ListingText]) -> np.ndarray:
         features = self.featurizer.transform([t.title_weighted for t in texts])
-        probs = self._probabilities(self.tfidf, {self.tfidf.get_inputs()[0].name: features})
+        if self.tfidf_linear is not None:
+            probs = self.tfidf_linear.predict_proba(features)
+        else:
+            probs = self._probabilities(self.tfidf, {self.tfidf.get_inputs()[0].name: features.toarray()})
         return expand_to_classes(probs, self.manifest.tfidf.classes, self.manifest.classes)
 
     def embed_e5(self, texts: Sequence[str]) -> np.ndarray:

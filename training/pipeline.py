@@ -187,8 +187,8 @@ def _train_into(out: Path, version: str, dataset: Dataset, snapshot_id: str, con
     steps.start(f"TF-IDF + linear SVM on {n_train} rows")
     tfidf_model, oof["tfidf"] = fit_tfidf([t.title_weighted for t in train_split.texts], train_split.y, config.tfidf,
                                           seed=config.seed)
-    featurizer_file, classifier_file = tfidf_model.export(out)
-    tfidf_spec = TfidfSpec(featurizer=featurizer_file, classifier=classifier_file,
+    featurizer_file, classifier_file, linear_file = tfidf_model.export(out)
+    tfidf_spec = TfidfSpec(featurizer=featurizer_file, classifier=classifier_file, linear=linear_file,
                            classes=[classes[i] for i in tfidf_model.classes])
     present["tfidf"] = np.ones(n_train, dtype=bool)
     timings["tfidf_s"] = clock.lap()

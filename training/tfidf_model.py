@@ -2,7 +2,8 @@
 and sigmoid calibration, so its probabilities can be fused.
 
 The analysers come from ``inference.features.tfidf`` (shared with serving); the classifier
-is exported with skl2onnx and fed the dense vectors that serving rebuilds.
+is exported with skl2onnx (dense input) and, for serving on sparse rows, as its coefficients
+and calibration (``tfidf_linear.npz``, hashed in the manifest like every file).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.svm import LinearSVC
 
-from inference.features.tfidf import ANALYZERS, TfidfBlock, TfidfFeaturizer
+from inference.features.tfidf import ANALYZERS, SparseLinearClassifier, TfidfBlock, TfidfFeaturizer
 from training.onnx_export import export_classifier
 from training.parallel import expected_worker_restarts
 
@@ -48,11 +49,27 @@ class TfidfModel:
     def classes(self) -> list[int]:
         return [int(c) for c in self.classifier.classes_]
 
-    def export(self, directory: Path) -> tuple[str, str]:
-        """Write the featurizer (npz) and the ONNX classifier; returns their file names."""
+    def sparse_linear(self) -> SparseLinearClassifier | None:
+        """The calibrated SVM's numbers for serving on sparse rows (None for a two-class model)."""
+        (calibrated,) = self.classifier.calibrated_classifiers_
+        svm = calibrated.estimator
+        if len(self.classifier.classes_) < 3 or list(svm.classes_) != list(self.classifier.classes_):
+            return None
+        return SparseLinearClassifier(
+            coef=np.ascontiguousarray(svm.coef_.T, dtype=np.float32), intercept=svm.intercept_.astype(np.float64),
+            slope=np.asarray([c.a_ for c in calibrated.calibrators], dtype=np.float64),
+            offset=np.asarray([c.b_ for c in calibrated.calibrators], dtype=np.float64))
+
+    def export(self, directory: Path) -> tuple[str, str, str | None]:
+        """Write the featurizer (npz), the ONNX classifier and the same classifier for sparse rows
+        (npz); returns their file names."""
         self.featurizer.save(directory / "tfidf_features.npz")
         export_classifier(self.classifier, self.featurizer.n_features, directory / "tfidf_classifier.onnx")
-        return "tfidf_features.npz", "tfidf_classifier.onnx"
+        linear = self.sparse_linear()
+        if linear is None:
+            return "tfidf_features.npz", "tfidf_classifier.onnx", None
+        linear.save(directory / "tfidf_linear.npz")
+        return "tfidf_features.npz", "tfidf_classifier.onnx", "tfidf_linear.npz"
 
 
 def _vectorizers(params: TfidfParams) -> list[TfidfVectorizer]:
