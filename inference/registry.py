@@ -25,13 +25,14 @@ class RegistryError(LookupError):
 
 
 def register(engine: Engine, manifest: Manifest, artifact_dir: Path, snapshot_id: str | None,
-             stage: str = "candidate", training_rows: list[int] | None = None) -> ModelVersion:
+             stage: str = "candidate", training_rows: list[int] | None = None,
+             held_out_rows: list[int] | None = None) -> ModelVersion:
     """A version's registry row; ``training_rows`` are the productids it was trained on (the quality gate
-    scores a later candidate against it only on the others)."""
+    scores a later candidate against it only on the others), ``held_out_rows`` those it held out."""
     row = ModelVersion(
         version=manifest.version, stage=stage, snapshot_id=snapshot_id, artifact_dir=str(Path(artifact_dir).resolve()),
         artifacts=manifest.files, parameters=manifest.parameters, metrics=manifest.metrics,
-        training_rows=training_rows,
+        training_rows=training_rows, held_out_rows=held_out_rows,
     )
     with session_scope(engine) as session:
         session.merge(row)

@@ -128,6 +128,8 @@ class ModelVersion(Base):
     gate_decision: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     training_rows: Mapped[list[Any] | None] = mapped_column(
         JSON, comment="productids the version was trained on (the gate scores on the others)")
+    held_out_rows: Mapped[list[Any] | None] = mapped_column(
+        JSON, comment="productids it held out (a retrain keeps them held out)")
     promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 

@@ -8,10 +8,12 @@ workers use, for the report and the gate.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import logging
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -65,6 +67,7 @@ class TrainResult:
     snapshot_id: str
     test_records: list[ListingRecord]
     train_productids: list[int] = field(default_factory=list)  # recorded with the version (the gate needs them)
+    held_out_productids: list[int] = field(default_factory=list)  # recorded too (a retrain keeps them held out)
 
 
 @dataclass
@@ -82,7 +85,23 @@ def new_version_id(snapshot_id: str) -> str:
     return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{snapshot_id[:8]}"
 
 
-def split_dataset(dataset: Dataset, config: TrainConfig) -> tuple[_Split, _Split, list[int]]:
+@dataclass(frozen=True)
+class PreviousSplit:
+    """The rows a version was trained on and held out: a retrain keeps them on their side."""
+
+    train: frozenset[int]
+    held_out: frozenset[int]
+
+
+MIN_TRAIN_ROWS_PER_CLASS = 3  # the calibration's folds
+
+
+def split_dataset(dataset: Dataset, config: TrainConfig, previous: PreviousSplit | None = None
+                  ) -> tuple[_Split, _Split, list[int]]:
+    """Stratified train / held-out split. With ``previous`` (production's split), a row keeps its side,
+    so production's held-out rows stay held out (the gate can score on them) and its training rows are
+    trained on; the rows it never saw (new labels) are split by a hash of their id (stable, about
+    ``test_size`` of each class)."""
     labelled = [r for r in dataset.records if r.prdtypecode is not None]
     if not labelled:
         raise ValueError(f"{dataset.path}: no labelled rows to train on")
@@ -94,14 +113,46 @@ def split_dataset(dataset: Dataset, config: TrainConfig) -> tuple[_Split, _Split
     labelled = [r for r in labelled if r.prdtypecode in keep]
     classes = sorted(keep)
     index = {c: i for i, c in enumerate(classes)}
-    train, test = train_test_split(labelled, test_size=config.test_size, random_state=config.seed,
-                                   stratify=[r.prdtypecode for r in labelled])
+    if previous is None:
+        train, test = train_test_split(labelled, test_size=config.test_size, random_state=config.seed,
+                                       stratify=[r.prdtypecode for r in labelled])
+    else:
+        train, test = _sticky_split(labelled, config, previous)
 
     def make(records: list[ListingRecord]) -> _Split:
         return _Split(records, [ListingText.of(r.designation, r.description) for r in records],
                       np.asarray([index[r.prdtypecode] for r in records]))
 
     return make(train), make(test), classes
+
+
+def _hash_fraction(seed: int, productid: int) -> float:
+    digest = hashlib.sha256(f"{seed}:{productid}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _sticky_split(rows: list[ListingRecord], config: TrainConfig, previous: PreviousSplit
+                  ) -> tuple[list[ListingRecord], list[ListingRecord]]:
+    train, test = [], []
+    for r in rows:
+        if r.productid in previous.train:
+            train.append(r)
+        elif r.productid in previous.held_out or _hash_fraction(config.seed, r.productid) < config.test_size:
+            test.append(r)
+        else:
+            train.append(r)
+    # every class keeps enough training rows for the calibration: new rows move first, then old ones
+    per_class = Counter(r.prdtypecode for r in train)
+    for code in sorted({r.prdtypecode for r in rows}):
+        short = MIN_TRAIN_ROWS_PER_CLASS - per_class[code]
+        if short <= 0:
+            continue
+        movable = sorted((r for r in test if r.prdtypecode == code),
+                         key=lambda r: (r.productid in previous.held_out, r.productid))[:short]
+        moved = {r.productid for r in movable}
+        train.extend(movable)
+        test = [r for r in test if r.productid not in moved]
+    return train, test
 
 
 class _Steps:
@@ -155,8 +206,9 @@ def with_available_models(config: TrainConfig) -> TrainConfig:
 
 
 def train(config: TrainConfig, progress: Progress | None = None, dataset: Dataset | None = None,
-          snapshot_id: str | None = None) -> TrainResult:
-    """Train on ``config.data``, or on ``dataset`` (with its ``snapshot_id``) when given."""
+          snapshot_id: str | None = None, previous: PreviousSplit | None = None) -> TrainResult:
+    """Train on ``config.data``, or on ``dataset`` (with its ``snapshot_id``) when given; ``previous``: the
+    production version's split, which the rows it holds keep (:func:`split_dataset`)."""
     config = with_available_models(config)
     steps = _Steps(progress)
     if dataset is None:
@@ -168,15 +220,15 @@ def train(config: TrainConfig, progress: Progress | None = None, dataset: Datase
     out = Path(config.model_dir) / version
     out.mkdir(parents=True, exist_ok=False)
     try:
-        return _train_into(out, version, dataset, snapshot_id, config, steps)
+        return _train_into(out, version, dataset, snapshot_id, config, steps, previous)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
 
 
 def _train_into(out: Path, version: str, dataset: Dataset, snapshot_id: str, config: TrainConfig,
-                steps: _Steps) -> TrainResult:
-    train_split, test_split, classes = split_dataset(dataset, config)
+                steps: _Steps, previous: PreviousSplit | None = None) -> TrainResult:
+    train_split, test_split, classes = split_dataset(dataset, config, previous)
     categories = load_categories(dataset.path if dataset.files else None)
     timings: dict[str, float] = {}
     oof: dict[str, np.ndarray] = {}
@@ -256,7 +308,8 @@ def _train_into(out: Path, version: str, dataset: Dataset, snapshot_id: str, con
     manifest = manifest.model_copy(update={"metrics": metrics})
     write_manifest(out, manifest)  # report, plots, reference profile and metrics are part of the version, hashed too
     return TrainResult(version, out, metrics, report, snapshot_id, test_split.records,
-                       sorted(r.productid for r in train_split.records))
+                       sorted(r.productid for r in train_split.records),
+                       sorted(r.productid for r in test_split.records))
 
 
 class _Clock:

@@ -19,7 +19,7 @@ from rakuten_stream.kafka import ensure_topics
 from rakuten_stream.settings import Settings
 from training.data_loading import load_into_database
 from training.labeled_data import LabeledData, record_labeled_snapshot
-from training.pipeline import TrainConfig, TrainResult, train
+from training.pipeline import PreviousSplit, TrainConfig, TrainResult, train
 from training.quality_gate import decide
 
 log = logging.getLogger(__name__)
@@ -43,13 +43,14 @@ def train_and_release(settings: Settings, engine: Engine, config: TrainConfig, p
     or on ``labeled`` (the database's labeled rows), record the snapshot, register with the training rows,
     gate and announce."""
     if labeled is not None:
-        result = train(config, progress, dataset=labeled.dataset, snapshot_id=labeled.snapshot_id)
+        result = train(config, progress, dataset=labeled.dataset, snapshot_id=labeled.snapshot_id,
+                       previous=production_split(engine))
         record_labeled_snapshot(engine, labeled)
     else:
         result = train(config, progress)
         load_into_database(engine, load_dataset(config.data, limit=config.limit))  # idempotent, with the snapshot
     registry.register(engine, read_manifest(result.artifact_dir), result.artifact_dir, result.snapshot_id,
-                      training_rows=result.train_productids)
+                      training_rows=result.train_productids, held_out_rows=result.held_out_productids)
     decision: dict = {}
     announced = False
     if promote:
@@ -64,6 +65,14 @@ def train_and_release(settings: Settings, engine: Engine, config: TrainConfig, p
         if decision["promoted"]:
             announced = announce_quietly(settings, engine, result.version)
     return Release(result, decision, announced)
+
+
+def production_split(engine: Engine) -> PreviousSplit | None:
+    """The production version's train / held-out rows, when it recorded them."""
+    row = registry.production(engine)
+    if row is None or row.training_rows is None or row.held_out_rows is None:
+        return None
+    return PreviousSplit(frozenset(row.training_rows), frozenset(row.held_out_rows))
 
 
 def announce_quietly(settings: Settings, engine: Engine, version: str) -> bool:

@@ -11,7 +11,8 @@ A job, step by step (each step is appended to the job's ``steps`` as it finishes
    (:mod:`training.labeled_data`);
 2. ``dataset``: the labeled rows, the loaded dataset plus every label received, recorded as a
    dataset snapshot;
-3. ``train``: a candidate version on them, registered with its training rows;
+3. ``train``: a candidate version on them, registered with its training and held-out rows; production's
+   rows keep their side (its held-out rows stay held out, so the gate can score on them);
 4. ``gate``: candidate and production on the same held-out rows (:mod:`training.quality_gate`);
 5. ``announce``: a promoted version on model-updates, which running workers follow.
 
@@ -36,7 +37,7 @@ from schemas import MessageError, RetrainRequest
 from schemas.tables import DriftReportRow, RetrainJob
 from training.labeled_data import labeled_dataset, sync_labeled_data
 from training.pipeline import TrainConfig
-from training.release import train_and_release
+from training.release import production_split, train_and_release
 
 log = logging.getLogger(__name__)
 FINISHED = ("succeeded", "rejected", "failed")
@@ -142,12 +143,15 @@ class RetrainWorker:
         if not labeled.dataset.records:
             raise RuntimeError(NO_DATA)
 
+        sticky = production_split(self.engine) is not None
         config = TrainConfig(data=None, model_dir=self.settings.models.dir, **self.config_overrides)
         release = train_and_release(self.settings, self.engine, config, labeled=labeled,
                                     min_improvement=self.settings.retrain.min_improvement)
         result, decision = release.result, release.decision
         self._step(job_id, {"step": "train", "version": result.version, "snapshot_id": result.snapshot_id,
                             "train_rows": len(result.train_productids), "held_out_rows": len(result.test_records),
+                            "split": "production's rows kept on their side, new rows by hash" if sticky
+                                     else "stratified",
                             "weighted_f1_held_out": result.metrics.get("weighted_f1"),
                             "models": [m for m in ("tfidf", "e5", "image") if f"{m}_s" in result.metrics["timings"]]})
         gate = {k: v for k, v in decision.items() if k != "evaluated_productids"}

@@ -139,7 +139,10 @@ def test_labels_for_new_listings_retrain_gate_and_reach_the_running_worker(setti
         gate = won.decision
         assert gate["production"] == v1 and gate["candidate_weighted_f1"] > gate["production_weighted_f1"]
         assert gate["evaluated_labeled_rows"] > 0  # the held-out rows include labels the stream brought
-        assert not set(gate["evaluated_productids"]) & set(registry.get_version(engine, v1).training_rows)
+        first_version = registry.get_version(engine, v1)
+        assert not set(gate["evaluated_productids"]) & set(first_version.training_rows)
+        assert gate["excluded_rows"] == 0  # production's rows kept their side of the split...
+        assert set(first_version.held_out_rows) <= set(gate["evaluated_productids"])  # ...its held-out rows scored
         with session_scope(engine) as session:
             snapshot = session.get(DatasetSnapshot, won.snapshot_id)
             assert snapshot.layout == "database" and snapshot.row_count == len(boot) + len(new)

@@ -16,10 +16,10 @@ from inference.reference_profile import read_profile
 from inference.runtime import ModelRuntime
 from rakuten_cli.main import app
 from rakuten_stream.database import make_engine, upgrade
-from rakuten_stream.datasets import load_dataset
+from rakuten_stream.datasets import Dataset, ListingRecord, load_dataset
 from rakuten_stream.hashing import sha256_of
 from tests.helpers import copy_as_new_version
-from training.pipeline import TrainConfig, split_dataset
+from training.pipeline import PreviousSplit, TrainConfig, split_dataset
 from training.quality_gate import decide, score_version
 
 
@@ -101,6 +101,24 @@ def test_the_gate_scores_both_versions_on_the_same_rows_none_of_which_production
     assert registry.get_version(engine, "candidate-same-graphs").gate_decision["promoted"] is False
     # what scoring production on rows it has seen would have done: flatter it
     assert score_version(tiny_model, held_out) > score_version(tiny_model, unseen)
+
+
+def test_a_retrain_keeps_productions_rows_on_their_side_and_splits_new_rows_stably(tmp_path):
+    old = [ListingRecord(productid=i, designation=f"old {i}", prdtypecode=10 + i % 3) for i in range(1, 61)]
+    new = [ListingRecord(productid=i, designation=f"new {i}", prdtypecode=10 + i % 3) for i in range(1001, 1301)]
+    config = TrainConfig(data=None, model_dir=tmp_path)
+    first_train, first_test, _ = split_dataset(Dataset(tmp_path, "database", old, []), config)
+    previous = PreviousSplit(frozenset(r.productid for r in first_train.records),
+                             frozenset(r.productid for r in first_test.records))
+
+    both = Dataset(tmp_path, "database", old + new, [])
+    train, test, _ = split_dataset(both, config, previous)
+    assert previous.train <= {r.productid for r in train.records}  # what production learnt is learnt again
+    assert previous.held_out <= {r.productid for r in test.records}  # what it held out stays held out
+    new_test = {r.productid for r in test.records} - previous.held_out
+    assert 0.1 < len(new_test) / len(new) < 0.3  # about test_size of the new rows
+    again, _, _ = split_dataset(Dataset(tmp_path, "database", list(reversed(old + new)), []), config, previous)
+    assert {r.productid for r in again.records} == {r.productid for r in train.records}  # by id, not by order
 
 
 def test_the_gate_promotes_the_first_version_and_archives_none(tiny_model, sqlite_url, tiny_data):
