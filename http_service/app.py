@@ -54,7 +54,7 @@ def create_app(settings: Settings, *, batching: bool = True, engine: Engine | No
         cache = None
         if settings.cache.enabled:
             cache = PredictionCache(settings.cache.redis_url.get_secret_value(), settings.cache.ttl_seconds)
-            metrics.service.cache_available.set(1 if cache.ping() else 0)
+            metrics.service.cache_health(cache.ping())
         predictor = await asyncio.to_thread(Predictor, settings, db, metrics.service, cache)
         h = settings.http
         batcher = DynamicBatcher(predictor.run_batch, max_items=h.batch_max_listings if batching else 1,

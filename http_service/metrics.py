@@ -1,4 +1,4 @@
-"""Prometheus metrics of the HTTP service: the workers' ``ServiceMetrics`` plus requests and batches.
+"""Prometheus metrics of the HTTP service: the workers' ``PrometheusObserver`` plus requests and batches.
 
 One registry per app (no global state). The batch metrics show what dynamic batching does:
 listings and requests per model call, and how long the oldest request waited for its batch.
@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from http_service.batcher import BatchStats
-from rakuten_stream.metrics import LATENCY_BUCKETS, ServiceMetrics
+from rakuten_stream.metrics import LATENCY_BUCKETS, PrometheusObserver
 
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -21,7 +21,7 @@ class HttpMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.service = ServiceMetrics(r)
+        self.service = PrometheusObserver(r)
         self.requests = Counter("rakuten_http_requests_total", "HTTP requests answered", ["method", "route", "status"],
                                 registry=r)
         self.request_seconds = Histogram("rakuten_http_request_seconds", "time to answer a request", ["route"],

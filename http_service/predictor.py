@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 
 from inference.runtime import ModelRuntime
 from rakuten_stream.cache import PredictionCache
-from rakuten_stream.metrics import ServiceMetrics
+from rakuten_stream.metrics import Observer
 from rakuten_stream.settings import Settings
 from schemas import Prediction
 from stream_workers.batch import BatchProcessor
@@ -76,7 +76,7 @@ class Refused:
 
 
 class Predictor:
-    def __init__(self, settings: Settings, engine: Engine, metrics: ServiceMetrics,
+    def __init__(self, settings: Settings, engine: Engine, metrics: Observer,
                  cache: PredictionCache | None = None, watcher: ModelWatcher | None = None) -> None:
         self.metrics = metrics
         self.watcher = watcher or ModelWatcher(settings, engine)
@@ -97,8 +97,7 @@ class Predictor:
             answers[prediction.source.offset] = prediction.model_copy(update={"source": None})
         for letter in outcome.dead_letters:
             answers[letter.offset] = Refused(letter.error_class, letter.error_message)
-        self.metrics.predictions_out.inc(len(outcome.predictions))
-        self.metrics.cache_hits.inc(outcome.cache_hits)
+        self.metrics.predictions_made(len(outcome.predictions), outcome.cache_hits)
         return [answers[i] for i in range(len(payloads))]
 
     def reload_if_promoted(self) -> str | None:
@@ -109,13 +108,11 @@ class Predictor:
             return None
         self.processor.runtime = promoted
         self._activate(promoted)
-        self.metrics.model_reloads.inc()
         log.info("switched to model version %s", promoted.version)
         return promoted.version
 
     def _activate(self, runtime: ModelRuntime) -> None:
-        self.metrics.set_model_version(runtime.version)
-        self.metrics.set_execution_provider(runtime.provider)
+        self.metrics.model_switched(runtime.version, runtime.provider)
 
     def close(self) -> None:
         self.watcher.close()

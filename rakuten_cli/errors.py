@@ -140,17 +140,40 @@ def require_kafka(settings: Settings, timeout_s: float = KAFKA_TIMEOUT_S) -> Non
         raise kafka_unreachable(settings.kafka.bootstrap_servers, f"no answer within {timeout_s:g}s")
 
 
-def database_url(settings: Settings) -> str:
-    """The database URL of ``settings``, refused in one line (naming it, password masked) when it is not one."""
+def database_url(settings: Settings, wait: bool = False) -> str:
+    """The database URL of ``settings``, refused in one line (naming it, password masked) when it is not one.
+
+    With ``wait`` (the long-running services: ``worker``, ``retrain-worker``, ``init-db`` as a deployment's
+    job), a server database that does not answer is retried with backoff for up to
+    ``settings.database.startup_wait_s`` (RAKUTEN_DATABASE_STARTUP_WAIT_S), one line per retry; then the
+    command fails with the one line of :func:`_database` (a database down at start is not a traceback).
+    One-shot commands (``models list``, ...) fail at once, in that one line.
+    """
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
-    from rakuten_stream.database import normalise_url
+    from rakuten_stream.database import normalise_url, wait_until_reachable
 
     url = settings.database.url.get_secret_value()
     try:
-        make_url(normalise_url(url))
+        parsed = make_url(normalise_url(url))
     except ArgumentError:
         raise UserError(f"--database-url / RAKUTEN_DATABASE_URL {redact(url)!r} is not a database URL: "
                         "e.g. postgresql://user:password@host/db or sqlite:///var/rakuten-stream.db") from None
+    if wait and parsed.get_backend_name() != "sqlite":
+        where = redact(url)
+
+        def retrying(why: str, pause: float) -> None:
+            print_warning(f"the database at {where} does not answer ({redact(why)}): retrying in {pause:.1f} s")
+
+        wait_until_reachable(url, settings.database.startup_wait_s, on_retry=retrying)
     return url
+
+
+def print_warning(message: str) -> None:
+    """``message`` as one line on stderr, as a warning."""
+    from rich.text import Text
+
+    from rakuten_cli.context import console
+
+    console.print(Text.assemble(("warning:", "yellow"), " ", message), highlight=False, soft_wrap=True)

@@ -44,7 +44,7 @@ def init_db(ctx: typer.Context) -> None:
     """Create or upgrade the database schema (Alembic migrations)."""
     from rakuten_stream.database import upgrade
 
-    url = database_url(settings_of(ctx))
+    url = database_url(settings_of(ctx), wait=True)
     upgrade(url)
     console.print(f"[green]database ready[/] at {redact(url)}")
 

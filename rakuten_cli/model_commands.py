@@ -16,10 +16,10 @@ from rakuten_stream.settings import Settings
 models_app = typer.Typer(help="The model registry: list, show and promote versions.", no_args_is_help=True)
 
 
-def _engine(settings: Settings):
+def _engine(settings: Settings, wait: bool = False):
     from rakuten_stream.database import make_engine, upgrade
 
-    url = database_url(settings)
+    url = database_url(settings, wait=wait)
     upgrade(url)
     return make_engine(url)
 
@@ -200,7 +200,7 @@ def retrain_worker(
     require_kafka(settings)
     metrics = RetrainMetrics()
     metrics.serve(settings.worker.metrics_port)  # the jobs' figures; liveness for compose/Kubernetes
-    worker = RetrainWorker(settings, _engine(settings), metrics=metrics)
+    worker = RetrainWorker(settings, _engine(settings, wait=True), metrics=metrics)
     with stopping_on_signals(worker.stop):
         worker.run()
 

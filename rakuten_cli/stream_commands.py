@@ -245,7 +245,7 @@ def lag(
     from rich.live import Live
 
     from rakuten_stream.clients.lag import LagError, LagProbe
-    from rakuten_stream.metrics import ServiceMetrics
+    from rakuten_stream.metrics import PrometheusObserver
 
     settings = settings_of(ctx)
     group_id = group or settings.worker.group_id
@@ -254,7 +254,7 @@ def lag(
         fail("--metrics-port needs --watch (the gauge must be refreshed)")
     if watch is None:  # an exporter (--watch) waits for Kafka to come back instead
         require_kafka(settings, timeout)
-    metrics = ServiceMetrics() if metrics_port is not None else None
+    metrics = PrometheusObserver() if metrics_port is not None else None
     code = 0
     # Ctrl-C / SIGTERM end a --watch between measurements, never inside a librdkafka call
     stop = threading.Event()
@@ -283,9 +283,7 @@ def lag(
                         continue
                     code = 1 if max_lag is not None and any(p.lag > max_lag for p in lags) else 0
                     if metrics is not None:
-                        for p in lags:
-                            metrics.consumer_lag.labels(group=group_id, topic=topic_name,
-                                                        partition=str(p.partition)).set(p.lag)
+                        metrics.lag_measured(group_id, topic_name, lags)
                     if as_json:
                         print(json.dumps(_lag_document(group_id, topic_name, lags, max_lag)), flush=True)
                     elif live is not None:

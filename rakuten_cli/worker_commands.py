@@ -20,19 +20,26 @@ def worker(
 ) -> None:
     """Consume product listings, classify them in micro-batches, write predictions; SIGTERM stops cleanly."""
     from rakuten_stream.database import upgrade
-    from rakuten_stream.metrics import ServiceMetrics
+    from rakuten_stream.health import serve_health
+    from rakuten_stream.metrics import PrometheusObserver
     from stream_workers.worker import Worker
 
     settings = settings_of(ctx).with_overrides(worker={"group_id": group, "instance_id": instance_id,
                                                        "batch_max_messages": batch_size, "metrics_port": metrics_port})
     require_kafka(settings)
+    url = database_url(settings, wait=True)  # a database down at start: retried with backoff, then one line
     if migrate:
-        upgrade(database_url(settings))
-    metrics = ServiceMetrics()
-    metrics.serve(settings.worker.metrics_port)
+        upgrade(url)
+    metrics = PrometheusObserver()
     running = Worker(settings, metrics)
-    with stopping_on_signals(running.stop):
-        stats = running.run()  # without a loadable production model it waits for one (not ready, saying why)
+    # /metrics, /healthz (the loop makes progress) and /readyz (model loaded, sinks answer) on one port
+    server = serve_health(running.health, metrics.registry, settings.worker.metrics_port)
+    try:
+        with stopping_on_signals(running.stop):
+            stats = running.run()  # without a loadable production model it waits for one (not ready, saying why)
+    finally:
+        if server is not None:
+            server.close()
     console.print(f"worker stopped: {stats.consumed} consumed, {stats.predicted} predicted, "
                   f"{stats.dead_lettered} dead-lettered, {stats.cache_hits} from cache, models {stats.model_versions}")
 

@@ -60,12 +60,17 @@ class PredictionCache:
             self._mark_down(exc)
 
     def ping(self) -> bool:
+        """Whether Redis answers now; an answer (or none) also turns the cache on (or off) at once."""
         if self._client is None:
             return False
         try:
-            return bool(self._client.ping())
-        except redis.RedisError:
+            up = bool(self._client.ping())
+        except redis.RedisError as exc:
+            self._mark_down(exc)
             return False
+        if up:
+            self._mark_up()
+        return up
 
     def _mark_down(self, exc: Exception) -> None:
         if self._down_since is None:

@@ -6,16 +6,20 @@ Alembic's; ``upgrade`` is what ``rakuten-stream init-db`` runs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, Table, create_engine, event, inspect
+from sqlalchemy import Engine, Table, create_engine, event, inspect, text
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.expression import Executable
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -39,7 +43,47 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
+    if url.startswith("postgresql+psycopg://"):  # an unreachable host fails in seconds, not after TCP's minutes
+        kwargs.setdefault("connect_args", {}).setdefault("connect_timeout", 5)
     return create_engine(url, **kwargs)
+
+
+def ping(engine: Engine) -> bool:
+    """Whether the database answers ``SELECT 1`` now."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return True
+    except SQLAlchemyError:
+        return False
+
+
+def wait_until_reachable(url: str, timeout_s: float, on_retry: Callable[[str, float], None] | None = None,
+                         first_pause_s: float = 0.5, max_pause_s: float = 10.0,
+                         sleep: Callable[[float], None] = time.sleep) -> None:
+    """Return once the database at ``url`` answers; retry with exponential backoff and jitter for up to
+    ``timeout_s`` (``on_retry(why, pause)`` before each pause), then raise the last ``OperationalError``."""
+    engine = make_engine(url, poolclass=NullPool)
+    deadline = time.monotonic() + timeout_s
+    pause = first_pause_s
+    try:
+        while True:
+            try:
+                with engine.connect() as connection:
+                    connection.execute(text("SELECT 1"))
+                return
+            except (OperationalError, InterfaceError) as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                wait = min(left, pause * random.uniform(0.5, 1.0))
+                if on_retry is not None:
+                    why = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
+                    on_retry(why[0] if why else type(exc).__name__, wait)
+                sleep(wait)
+                pause = min(max_pause_s, pause * 2)
+    finally:
+        engine.dispose()
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -83,6 +83,8 @@ class DatabaseSettings(BaseSettings):
     model_config = _group("RAKUTEN_DATABASE_")
 
     url: SecretStr = SecretStr("sqlite:///var/rakuten-stream.db")
+    startup_wait_s: float = Field(60.0, ge=0, description="at start, how long commands retry (with backoff) a "
+                                  "database that does not answer before giving up in one line")
 
 
 class CacheSettings(BaseSettings):
@@ -122,7 +124,11 @@ class WorkerSettings(BaseSettings):
     session_timeout_ms: int = Field(45_000, ge=6_000,
                                     validation_alias=_env("session_timeout_ms", "RAKUTEN_SESSION_TIMEOUT_MS"))
     metrics_port: int = Field(9108, ge=0, validation_alias=_env("metrics_port", "RAKUTEN_METRICS_PORT"),
-                              description="Prometheus port; 0 disables the endpoint")
+                              description="Prometheus and health port (/metrics, /healthz, /readyz); 0 disables it")
+    liveness_timeout_s: float = Field(60.0, gt=0, description="/healthz fails when the poll loop made no progress "
+                                      "for this long (longer than the slowest batch)")
+    health_check_every_s: float = Field(5.0, gt=0, description="how often Redis and the database are pinged "
+                                        "(the rakuten_*_available gauges and /readyz)")
 
 
 def _list_of_strings(value: Any) -> Any:

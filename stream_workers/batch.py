@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from inference.runtime import ModelRuntime
 from inference.scoring import ScoredListing, score_batch
 from rakuten_stream.cache import PredictionCache
-from rakuten_stream.metrics import ServiceMetrics
+from rakuten_stream.metrics import Observer
 from rakuten_stream.settings import Settings
 from schemas import DeadLetter, Prediction, SourcePosition
 from stream_workers.decoding import DecodedListing, Rejected, decode_batch
@@ -31,11 +31,11 @@ class BatchOutcome:
 
 
 class BatchProcessor:
-    def __init__(self, runtime: ModelRuntime, cache: PredictionCache | None, metrics: ServiceMetrics,
+    def __init__(self, runtime: ModelRuntime, cache: PredictionCache | None, observer: Observer,
                  settings: Settings, worker_id: str) -> None:
         self.runtime = runtime
         self.cache = cache
-        self.metrics = metrics
+        self.observer = observer
         self.settings = settings
         self.images = ImagePolicy.from_settings(settings.images)
         self.limits = settings.limits.listing_limits()
@@ -43,16 +43,18 @@ class BatchProcessor:
 
     def process(self, messages: list) -> BatchOutcome:
         runtime = self.runtime  # one version per batch, even if a reload happens meanwhile
-        stage = self.metrics.stage_seconds
+        observe = self.observer
         start = time.perf_counter()
         decoded, rejected = decode_batch(messages, self.images, want_images=runtime.has_image_model,
                                          limits=self.limits)
-        stage.labels("decode").observe(time.perf_counter() - start)
+        observe.stage_timed("decode", time.perf_counter() - start)
         outcome = BatchOutcome(image_outcomes=Counter(d.image_outcome for d in decoded if d.image_outcome))
+        for image_outcome, count in outcome.image_outcomes.items():
+            observe.image_fetched(image_outcome, count)
         for r in rejected:
             outcome.dead_letters.append(self._dead_letter(r))
             outcome.keys.append(r.message.key())
-            self.metrics.dead_letters.labels(reason=r.reason).inc()
+            observe.dead_letter(r.reason)
 
         cached = self._cache_lookup(runtime, decoded)
         misses = [d for d, hit in zip(decoded, cached, strict=True) if hit is None]
@@ -62,9 +64,9 @@ class BatchProcessor:
             start = time.perf_counter()
             scored = score_batch(runtime, [d.text for d in misses], [d.image for d in misses],
                                  self.settings.inference.top_k)
-            stage.labels("infer").observe(time.perf_counter() - start)
+            observe.stage_timed("infer", time.perf_counter() - start)
             for modality, seconds in scored.prediction.seconds.items():
-                self.metrics.inference_seconds.labels(modality=modality).observe(seconds)
+                observe.inference_timed(modality, seconds)
             for item, listing in zip(misses, scored.listings, strict=True):
                 if self.cache is not None and self.cache.available:
                     fresh[item.content_hash] = listing.model_dump_json().encode()

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from rakuten_stream.metrics import ServiceMetrics
+from rakuten_stream.metrics import Observer
 from rakuten_stream.redaction import redact
 from schemas import DeadLetter, Prediction
 from stream_workers.batch import BatchOutcome, BatchProcessor
@@ -155,13 +155,13 @@ class Checkpoint:
     partition revoke, and ``close`` at the end. ``health`` says whether the sinks take batches.
     """
 
-    def __init__(self, consumer, processor: BatchProcessor, writer: ResultWriter, metrics: ServiceMetrics,
+    def __init__(self, consumer, processor: BatchProcessor, writer: ResultWriter, observer: Observer,
                  backoff: Backoff | None = None, *, pipelined: bool = True, transactions: Transactions | None = None,
                  on_stored: Callable[[Batch], None] | None = None, worker_id: str | None = None) -> None:
         self.consumer = consumer
         self.processor = processor
         self.writer = writer
-        self.metrics = metrics
+        self.observer = observer
         self.backoff = backoff or Backoff()
         self.pipelined = pipelined
         self.transactions = transactions
@@ -205,6 +205,7 @@ class Checkpoint:
         except KafkaException as exc:  # some were revoked meanwhile
             log.info("resume: %s", exc)
         self.health.paused = frozenset()
+        self.observer.partitions_resumed(sorted(rewind))
         log.info("retrying from %s", {f"{t}[{p}]": o for (t, p), o in sorted(rewind.items())})
 
     def forget(self, partitions: list) -> None:
@@ -212,6 +213,7 @@ class Checkpoint:
         for tp in partitions:
             self._rewind.pop((tp.topic, tp.partition), None)
         self.health.paused = frozenset(self._rewind)
+        self.observer.partitions_resumed([(tp.topic, tp.partition) for tp in partitions])  # not paused by us now
 
     def close(self) -> None:
         self.drain()  # the batch in flight: stored and committed, or left for redelivery
@@ -243,7 +245,7 @@ class Checkpoint:
             self.writer.write_topics(outcome)  # 2. Kafka, every delivery confirmed
             self._commit(offsets)  # 3. offsets
         batch.outcome = outcome
-        self.metrics.stage_seconds.labels("write").observe(time.perf_counter() - start)
+        self.observer.stage_timed("write", time.perf_counter() - start)
 
     def _upsert(self, batch: Batch) -> BatchOutcome:
         rejected = self._upsert_bisecting(batch.outcome.predictions)
@@ -272,11 +274,13 @@ class Checkpoint:
 
     def _commit(self, offsets: list[TopicPartition]) -> None:
         start = time.perf_counter()
+        ok = True
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:  # revoked meanwhile: the new owner redelivers, the upsert absorbs it
+            ok = False
             log.warning("offsets of a stored batch not committed (%s): it will be redelivered", exc)
-        self.metrics.stage_seconds.labels("commit").observe(time.perf_counter() - start)
+        self.observer.commit_done(time.perf_counter() - start, ok)
 
     # --- after a write: stored, or given back -------------------------------------------------------
     def _wait(self) -> tuple[Batch, Exception] | None:
@@ -293,6 +297,9 @@ class Checkpoint:
             log.info("sinks take batches again after %d failed attempts", self.health.consecutive_failures)
         self.health.recovered()
         self.backoff.reset()
+        outcome = batch.outcome
+        self.observer.batch_stored(len(outcome.predictions), outcome.cache_hits, time.perf_counter() - batch.started,
+                                   [p.event_time for p in outcome.predictions])
         if self.on_stored is not None:
             self.on_stored(batch)
         return None
@@ -311,6 +318,9 @@ class Checkpoint:
             self._seek(TopicPartition(t, p, offset))
         delay = self.backoff.next_delay()
         self.health.failed(redact(str(exc)), time.monotonic() + delay, frozenset(self._rewind))
+        self.observer.sink_failed(getattr(exc, "sink", "unknown"), redact(str(exc)))
+        self.observer.partitions_paused(sorted(self._rewind))
+        self.observer.retry_scheduled(delay)
         log.error("%d batch(es) not stored, redelivered from %s in %.1f s (attempt %d): %s", len(batches),
                   {f"{t}[{p}]": o for (t, p), o in sorted(self._rewind.items())}, delay,
                   self.health.consecutive_failures, redact(str(exc)))
@@ -323,7 +333,7 @@ class Checkpoint:
 
     def _poison(self, message, reason: str, exc: Exception) -> BatchOutcome:
         self.health.poison += 1
-        self.metrics.dead_letters.labels(reason=reason).inc()
+        self.observer.dead_letter(reason)
         letter = DeadLetter(
             original=message.value() or b"", original_key=message.key(), topic=message.topic(),
             partition=message.partition(), offset=message.offset(), error_class=reason,

@@ -28,6 +28,7 @@ from inference import registry
 from inference.artifacts import manifest_sha256, read_manifest
 from inference.runtime import ModelRuntime
 from rakuten_stream.kafka import make_consumer
+from rakuten_stream.metrics import Observer
 from rakuten_stream.redaction import redact
 from rakuten_stream.settings import Settings
 from schemas import MessageError, ModelUpdate
@@ -67,8 +68,10 @@ class _Attempt:
 
 class ModelWatcher:
     def __init__(self, settings: Settings, engine: Engine, pinned_version: str | None = None,
-                 check_every_s: float = 2.0, retry_base_s: float = 5.0, retry_max_s: float = 300.0) -> None:
+                 check_every_s: float = 2.0, retry_base_s: float = 5.0, retry_max_s: float = 300.0,
+                 observer: Observer | None = None) -> None:
         self.settings = settings
+        self.observer = observer or Observer()
         self.engine = engine
         self.pinned_version = pinned_version
         self.state = ModelState()
@@ -114,6 +117,7 @@ class ModelWatcher:
             why = redact((str(exc).strip().splitlines() or [type(exc).__name__])[0][:300])
             self.state.failed_loads += 1
             self.state.last_failure = f"{row.version}: {why}"
+            self.observer.model_load_failed(row.version, why)
             log.error("model version %s does not load (%s); next try in %.0f s", row.version, why, pause)
             return None
         self._attempts.pop(key, None)

@@ -21,7 +21,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from rakuten_stream.cache import PredictionCache
 from rakuten_stream.database import make_engine
 from rakuten_stream.kafka import make_consumer, make_producer
-from rakuten_stream.metrics import ServiceMetrics
+from rakuten_stream.metrics import Observer, PrometheusObserver
 from rakuten_stream.settings import Settings
 from stream_workers.batch import BatchProcessor
 from stream_workers.checkpoint import Batch, Checkpoint
@@ -119,11 +119,11 @@ def _resolve(consumer, topic: str, partitions: list[int], position: tuple[str, i
 
 class Replayer:
     def __init__(self, settings: Settings, plan: ReplayPlan, model_version: str | None = None,
-                 metrics: ServiceMetrics | None = None) -> None:
+                 metrics: Observer | None = None) -> None:
         self.settings = settings
         self.plan = plan
         self.model_version = model_version
-        self.metrics = metrics or ServiceMetrics()
+        self.metrics = metrics or PrometheusObserver()
         self._stop = threading.Event()
 
     def stop(self) -> None:

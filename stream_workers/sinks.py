@@ -19,7 +19,12 @@ from stream_workers.batch import BatchOutcome
 
 
 class SinkError(RuntimeError):
-    """A sink did not take the batch: the caller must not commit it."""
+    """A sink did not take the batch: the caller must not commit it. ``sink`` says which one (``kafka`` or
+    ``database``), for metrics and readiness."""
+
+    def __init__(self, message: str, sink: str = "kafka") -> None:
+        super().__init__(message)
+        self.sink = sink
 
 
 class SinkUnavailable(SinkError):
@@ -37,12 +42,12 @@ REJECTED_BY_DATABASE = (sa.DataError, sa.IntegrityError)
 def database_error(exc: Exception, rows: int) -> SinkError:
     message = f"database upsert of {rows} predictions failed: {exc}"
     if isinstance(exc, sa.DBAPIError) and exc.connection_invalidated:
-        return SinkUnavailable(message)
+        return SinkUnavailable(message, sink="database")
     if isinstance(exc, REJECTED_BY_DATABASE):
-        return SinkRejected(message)
+        return SinkRejected(message, sink="database")
     if isinstance(exc, sa.StatementError) and not isinstance(exc, sa.DBAPIError):
-        return SinkRejected(message)  # a value the driver could not even send
-    return SinkUnavailable(message)
+        return SinkRejected(message, sink="database")  # a value the driver could not even send
+    return SinkUnavailable(message, sink="database")
 
 
 class ResultWriter:

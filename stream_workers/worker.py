@@ -28,15 +28,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import KafkaError
 from sqlalchemy import Engine
 
 from rakuten_stream.cache import PredictionCache
-from rakuten_stream.database import make_engine
+from rakuten_stream.clients.lag import partition_lags
+from rakuten_stream.database import make_engine, ping
+from rakuten_stream.health import DependencyChecks, HealthState
 from rakuten_stream.kafka import ensure_topics, make_consumer, make_producer
-from rakuten_stream.metrics import ServiceMetrics
+from rakuten_stream.metrics import Observer, Observers, PrometheusObserver
 from rakuten_stream.settings import Settings
 from stream_workers.batch import BatchOutcome, BatchProcessor
 from stream_workers.checkpoint import Batch, Checkpoint, Transactions
@@ -71,10 +72,15 @@ class WorkerStats:
 class Worker:
     """Run with :meth:`run` (blocking) and stop with :meth:`stop` (from a signal handler or thread)."""
 
-    def __init__(self, settings: Settings, metrics: ServiceMetrics | None = None, engine: Engine | None = None,
-                 on_batch: Callable[[BatchOutcome], None] | None = None, retry_pause_s: float | None = None) -> None:
+    def __init__(self, settings: Settings, metrics: PrometheusObserver | None = None, engine: Engine | None = None,
+                 on_batch: Callable[[BatchOutcome], None] | None = None, retry_pause_s: float | None = None,
+                 observer: Observer | None = None) -> None:
         self.settings = settings
-        self.metrics = metrics or ServiceMetrics()
+        self.metrics = metrics or PrometheusObserver()
+        # what /healthz and /readyz answer: the loop's heartbeat, the model, the sinks (health_state), the database
+        self.health = HealthState(settings.worker.liveness_timeout_s, model_state=lambda: self.model_state,
+                                  sink_state=lambda: self.health_state)
+        self.observer = Observers(self.metrics, self.health, observer)  # every hook reaches each of them
         self.engine = engine or make_engine(settings.database.url.get_secret_value())
         self.on_batch = on_batch
         w = settings.worker
@@ -116,23 +122,24 @@ class Worker:
     def run(self) -> WorkerStats:
         s = self.settings
         ensure_topics(s)
-        watcher = self._watcher = ModelWatcher(s, self.engine)
+        watcher = self._watcher = ModelWatcher(s, self.engine, observer=self.observer)
         runtime = watcher.wait_for_model(self._stop)  # not ready, saying why, until a loadable version is promoted
         if runtime is None:  # stopped while waiting
             watcher.close()
             return self.stats
         self._activate(runtime)
         cache = PredictionCache(s.cache.redis_url.get_secret_value() if s.cache.enabled else None, s.cache.ttl_seconds)
-        cache_up = cache.ping()
-        if s.cache.enabled and not cache_up:
+        if s.cache.enabled and not cache.ping():
             log.warning("Redis at %s does not answer: running without the prediction cache", s.cache.redis_url)
-        self.metrics.cache_available.set(1 if cache_up else 0)
-        processor = BatchProcessor(runtime, cache, self.metrics, s, self.instance_id)
+        # Redis and the database asked now and then, from a thread: the gauges and readiness follow them down and up
+        checks = DependencyChecks(self.observer, s.worker.health_check_every_s, database=lambda: ping(self.engine),
+                                  cache=cache.ping if s.cache.enabled else None).start()
+        processor = BatchProcessor(runtime, cache, self.observer, s, self.instance_id)
 
         consumer = make_consumer(s, s.worker.group_id, **self._consumer_config())
         writer = ResultWriter(self._new_producer(), self.engine, s.topics.predictions, s.topics.dead_letters)
         transactions = Transactions(self._new_producer, consumer, writer) if self.exactly_once else None
-        checkpoint = self._checkpoint = Checkpoint(consumer, processor, writer, self.metrics, self.backoff,
+        checkpoint = self._checkpoint = Checkpoint(consumer, processor, writer, self.observer, self.backoff,
                                                    transactions=transactions, on_stored=self._record,
                                                    worker_id=self.instance_id)
         consumer.subscribe([s.topics.products], on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -152,15 +159,16 @@ class Worker:
                     log.info("switched to model version %s", promoted.version)
                 messages = [m for m in messages if not self._is_benign_error(m)]
                 if messages:
-                    self.metrics.batch_size.observe(len(messages))
-                    self.metrics.messages_in.labels(topic=s.topics.products).inc(len(messages))
+                    self.observer.message_in(s.topics.products, len(messages))
                     stored = checkpoint.submit(messages)  # process, then store the batch before it
                 else:
                     stored = checkpoint.drain()  # idle: finish and commit the batch in flight now
                 if not stored:
                     self.stats.retries += 1
                 self._export_lag(consumer)
+                self.observer.loop_progressed()  # the heartbeat /healthz reads
         finally:
+            checks.close()
             checkpoint.close()  # the batch in flight: stored and committed before we leave
             consumer.close()  # commits nothing more (manual commits); a dynamic member leaves the group
             writer.producer.flush(30)
@@ -192,28 +200,19 @@ class Worker:
 
     # --- one batch stored ----------------------------------------------------------------------
     def _record(self, batch: Batch) -> None:
-        outcome, seconds = batch.outcome, time.perf_counter() - batch.started
-        now = datetime.now(UTC)
-        for p in outcome.predictions:
-            if p.event_time is not None:
-                self.metrics.end_to_end_seconds.observe(max(0.0, (now - p.event_time).total_seconds()))
-        self.metrics.predictions_out.inc(len(outcome.predictions))
-        self.metrics.cache_hits.inc(outcome.cache_hits)
+        outcome = batch.outcome  # its metrics: the checkpoint's batch_stored hook
         self.stats.batches += 1
         self.stats.consumed += len(outcome.predictions) + len(outcome.dead_letters)
         self.stats.predicted += len(outcome.predictions)
         self.stats.dead_lettered += len(outcome.dead_letters)
         self.stats.cache_hits += outcome.cache_hits
-        self.metrics.stage_seconds.labels("batch").observe(seconds)
         if self.on_batch is not None:
             self.on_batch(outcome)
 
     # --- housekeeping --------------------------------------------------------------------------
     def _activate(self, runtime) -> None:
         self.stats.model_versions.append(runtime.version)
-        self.metrics.set_model_version(runtime.version)
-        self.metrics.set_execution_provider(runtime.provider)
-        self.metrics.model_reloads.inc()
+        self.observer.model_switched(runtime.version, runtime.provider)
 
     def _is_benign_error(self, message) -> bool:
         error = message.error()
@@ -244,12 +243,12 @@ class Worker:
         if now - self._last_lag_export < every_s or not self._assigned:
             return
         self._last_lag_export = now
-        partitions = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
-        try:
-            committed = consumer.committed(partitions, timeout=2)
-            for tp in committed:
-                _, high = consumer.get_watermark_offsets(tp, timeout=2, cached=False)
-                lag = high - tp.offset if tp.offset >= 0 else high
-                self.metrics.consumer_lag.labels(self.settings.worker.group_id, tp.topic, str(tp.partition)).set(lag)
+        by_topic: dict[str, list[int]] = {}
+        for topic, partition in sorted(self._assigned):
+            by_topic.setdefault(topic, []).append(partition)
+        try:  # the one lag computation (the CLI's and the exporter's), with the worker's own consumer
+            for topic, partitions in by_topic.items():
+                self.observer.lag_measured(self.settings.worker.group_id, topic,
+                                           partition_lags(consumer, topic, partitions, timeout_s=2))
         except Exception as exc:  # lag is informative only
             log.debug("lag export failed: %s", exc)

@@ -25,7 +25,7 @@ import yaml
 from cloudcoil.models.keda import v1alpha1 as keda
 
 from rakuten_cli.main import app
-from rakuten_stream.metrics import RetrainMetrics, ServiceMetrics
+from rakuten_stream.metrics import PrometheusObserver, RetrainMetrics
 from rakuten_stream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,7 +206,7 @@ def test_prometheus_scrapes_every_role_on_the_metrics_port(compose):
 def metric_series() -> set[str]:
     """Every series name the service exports (counters end in _total, histograms in _bucket/_sum/_count)."""
     names = set()
-    families = [*ServiceMetrics().registry.collect(), *RetrainMetrics().registry.collect()]
+    families = [*PrometheusObserver().registry.collect(), *RetrainMetrics().registry.collect()]
     for family in families:
         if family.type == "counter":
             names.add(family.name + "_total")

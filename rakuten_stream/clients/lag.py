@@ -5,6 +5,11 @@
 - ``high_watermark``: the offset the next produced message will get;
 - ``lag = high_watermark - committed``. A partition the group never committed counts from the low
   watermark (the service's consumers start at ``earliest``);
+
+:func:`partition_lags` is that computation, the only one: the CLI (``lag``), the exporter
+(``lag --watch --metrics-port``) and the worker's own gauge call it. Given committed offsets (the
+admin API's answer) it reads only the watermarks; without, it asks the consumer for its own
+group's commits (the worker passes its own consumer, so it opens no extra client);
 - ``seconds_behind``: now minus the timestamp of the first uncommitted message (None at lag 0),
   read by a probe consumer that only ``assign``s, never subscribes, never commits.
 
@@ -16,13 +21,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from types import TracebackType
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, ConsumerGroupTopicPartitions, TopicPartition
 
 from rakuten_stream.kafka import make_admin, make_consumer
-from rakuten_stream.metrics import ServiceMetrics
+from rakuten_stream.metrics import Observer
 from rakuten_stream.settings import Settings
 
 
@@ -47,6 +53,25 @@ class GroupInfo:
     group_id: str
     state: str
     simple: bool
+
+
+def partition_lags(consumer, topic: str, partitions: Sequence[int],
+                   committed: Mapping[int, int | None] | None = None, timeout_s: float = 10.0) -> list[PartitionLag]:
+    """Lag of ``topic``'s ``partitions``, without ``seconds_behind`` (see :meth:`LagProbe.consumer_lag`).
+
+    ``committed``: the group's committed offset per partition (None: never committed); when not given,
+    ``consumer.committed`` is asked (the consumer's own group). Watermarks come from ``consumer``.
+    """
+    if committed is None:
+        answer = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout_s)
+        committed = {tp.partition: tp.offset if tp.offset >= 0 else None for tp in answer}
+    lags = []
+    for p in partitions:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)
+        start = committed.get(p)
+        lag = max(0, high - (start if start is not None else low))
+        lags.append(PartitionLag(partition=p, committed=start, high_watermark=high, lag=lag, seconds_behind=None))
+    return lags
 
 
 class LagProbe:
@@ -110,17 +135,13 @@ class LagProbe:
 
     def consumer_lag(self, group_id: str, topic: str) -> list[PartitionLag]:
         partitions = self.partitions(topic)
-        committed = self.committed(group_id, topic, partitions)
-        marks = {p: self.watermarks(topic, p) for p in partitions}
-        starts = {p: committed[p] if committed[p] is not None else marks[p][0] for p in partitions}
-        behind = {p: max(0, marks[p][1] - starts[p]) for p in partitions}
-        stamps = self.first_timestamps(topic, {p: starts[p] for p in partitions if behind[p] > 0})
+        lags = partition_lags(self._consumer, topic, partitions, self.committed(group_id, topic, partitions),
+                              self.timeout_s)
+        # the first uncommitted message of each partition behind: high - lag
+        stamps = self.first_timestamps(topic, {x.partition: x.high_watermark - x.lag for x in lags if x.lag > 0})
         now = time.time()
-        return [
-            PartitionLag(partition=p, committed=committed[p], high_watermark=marks[p][1], lag=behind[p],
-                         seconds_behind=max(0.0, now - stamps[p]) if behind[p] and p in stamps else None)
-            for p in partitions
-        ]
+        return [replace(x, seconds_behind=max(0.0, now - stamps[x.partition]) if x.lag and x.partition in stamps
+                        else None) for x in lags]
 
     def list_groups(self) -> list[GroupInfo]:
         result = self._admin.list_consumer_groups(request_timeout=self.timeout_s).result(timeout=self.timeout_s)
@@ -157,10 +178,9 @@ def list_groups(settings: Settings, timeout_s: float = 10.0) -> list[GroupInfo]:
         return probe.list_groups()
 
 
-def export_lag(metrics: ServiceMetrics, settings: Settings, group_id: str, topic: str,
+def export_lag(observer: Observer, settings: Settings, group_id: str, topic: str,
                probe: LagProbe | None = None) -> list[PartitionLag]:
-    """Measure and set the ``rakuten_consumer_lag{group, topic, partition}`` gauge; returns the measurement."""
+    """Measure and report it (``lag_measured``: the ``rakuten_consumer_lag{group, topic, partition}`` gauge)."""
     lags = probe.consumer_lag(group_id, topic) if probe is not None else consumer_lag(settings, group_id, topic)
-    for item in lags:
-        metrics.consumer_lag.labels(group=group_id, topic=topic, partition=str(item.partition)).set(item.lag)
+    observer.lag_measured(group_id, topic, lags)
     return lags

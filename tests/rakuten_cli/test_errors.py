@@ -91,3 +91,32 @@ def test_demo_on_a_missing_data_folder_is_one_line_before_anything_starts(no_bro
     run = rakuten_stream("demo", "--data", str(tmp_path / "MISSING"), env=no_broker, cwd=tmp_path)
     assert_one_clear_line(run, "MISSING")
     assert not (tmp_path / "var").exists()  # no broker started, no model trained
+
+
+def test_a_worker_whose_database_is_down_at_start_retries_with_backoff_then_says_so_in_one_line(
+        kafka_bootstrap, tmp_path):
+    closed = free_port()
+    env = {"RAKUTEN_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "RAKUTEN_MODEL_DIR": str(tmp_path / "m"),
+           "RAKUTEN_DATABASE_URL": f"postgresql://rakuten:s3cret@127.0.0.1:{closed}/rakuten",
+           "RAKUTEN_DATABASE_STARTUP_WAIT_S": "3", "RAKUTEN_METRICS_PORT": "0"}
+    run = rakuten_stream("worker", env=env, cwd=tmp_path)
+    assert "Traceback" not in run.stderr + run.stdout, run.stderr[-2000:]
+    assert run.code == 2, run.stderr[-2000:]
+    *retries, last = run.lines
+    assert len(retries) >= 2, run.stderr  # it waited, more than once, before giving up
+    assert all(line.startswith("warning: the database at ") and "retrying in" in line for line in retries)
+    assert last.startswith("error: the database is unreachable") and "RAKUTEN_DATABASE_URL" in last
+    assert "s3cret" not in run.stderr and len(run.stderr) < 4000
+
+
+def test_waiting_for_the_database_backs_off_exponentially_and_gives_up_with_the_error():
+    from sqlalchemy.exc import OperationalError
+
+    from rakuten_stream.database import wait_until_reachable
+
+    pauses: list[float] = []
+    with pytest.raises(OperationalError):
+        wait_until_reachable(f"postgresql://postgres@127.0.0.1:{free_port()}/x", timeout_s=2.0,
+                             on_retry=lambda why, pause: pauses.append(pause), sleep=lambda s: time.sleep(0.3))
+    assert len(pauses) >= 2
+    assert pauses[1] >= pauses[0]  # 0.5 s, then 1 s, ... (each less up to half of it, the jitter)

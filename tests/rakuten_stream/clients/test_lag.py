@@ -10,7 +10,7 @@ from confluent_kafka import TopicPartition
 
 from rakuten_stream.clients.lag import LagError, LagProbe, consumer_lag, export_lag, list_groups
 from rakuten_stream.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
-from rakuten_stream.metrics import ServiceMetrics
+from rakuten_stream.metrics import PrometheusObserver
 
 MINUTE_AGO_MS = 60_000
 
@@ -92,7 +92,7 @@ def test_an_unknown_topic_is_a_clear_error(settings):
 def test_export_lag_sets_the_gauge_of_each_partition(settings, topic):
     group = f"g-{uuid.uuid4().hex[:8]}"
     read_and_commit(settings, group, topic, {0: 5, 1: 4})
-    metrics = ServiceMetrics()
+    metrics = PrometheusObserver()
 
     export_lag(metrics, settings, group, topic)
 
