@@ -284,3 +284,7 @@ class RetrainMetrics:
     def serve(self, port: int) -> None:
         if port:
             start_http_server(port, registry=self.registry)
+
+
+#: the former name of :class:`PrometheusObserver` (kept while other branches still say it)
+ServiceMetrics = PrometheusObserver

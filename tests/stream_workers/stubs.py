@@ -134,7 +134,7 @@ class FlakySink:
         self.database_calls += 1
         if self.down:
             self.down -= 1
-            raise SinkUnavailable("connection refused")
+            raise SinkUnavailable("connection refused", sink="database")
         bad = [p.productid for p in outcome.predictions if p.productid in self.poison]
         if bad:
             raise SinkRejected(f"bigint out of range: {bad}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rakuten_stream.metrics import ServiceMetrics
+from rakuten_stream.metrics import PrometheusObserver
 from rakuten_stream.settings import Settings
 from stream_workers.batch import BatchProcessor
 from tests.helpers import listing_json
@@ -10,7 +10,7 @@ from tests.stream_workers.stubs import TOPIC, StubMessage, StubRuntime
 
 
 def processor(runtime: StubRuntime | None = None) -> BatchProcessor:
-    return BatchProcessor(runtime or StubRuntime(), None, ServiceMetrics(), Settings(), "test-worker")
+    return BatchProcessor(runtime or StubRuntime(), None, PrometheusObserver(), Settings(), "test-worker")
 
 
 def test_a_batch_of_listings_is_scored_in_one_model_call_with_its_source_positions():

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from rakuten_stream.metrics import ServiceMetrics
+from rakuten_stream.metrics import PrometheusObserver
 from schemas import DeadLetter
 from stream_workers.checkpoint import Batch, Checkpoint, earliest_offsets, next_offsets
 from stream_workers.retry import Backoff
@@ -23,7 +23,7 @@ def ids(start: int, n: int) -> list[bytes]:
 def checkpoint(sink: FlakySink, consumer: StubConsumer, processor: StubProcessor | None = None,
                pipelined: bool = True) -> Checkpoint:
     # no pause between attempts: the tests call tick() themselves
-    return Checkpoint(consumer, processor or StubProcessor(), sink, ServiceMetrics(), Backoff(0.0, 0.0),
+    return Checkpoint(consumer, processor or StubProcessor(), sink, PrometheusObserver(), Backoff(0.0, 0.0),
                       pipelined=pipelined, worker_id="test")
 
 
@@ -87,7 +87,8 @@ def test_earliest_offsets_are_taken_over_all_batches_in_flight():
 
 def test_partitions_stay_paused_until_the_backoff_is_over():
     sink, consumer = FlakySink(down=1), StubConsumer()
-    cp = Checkpoint(consumer, StubProcessor(), sink, ServiceMetrics(), Backoff(60.0, 60.0, jitter=0), pipelined=False)
+    cp = Checkpoint(consumer, StubProcessor(), sink, PrometheusObserver(), Backoff(60.0, 60.0, jitter=0),
+                    pipelined=False)
     assert not cp.submit(messages(ids(1, 2)))
     cp.tick()
     assert consumer.paused == {(TOPIC, 0)}, "a minute's backoff: not resumed at once"
@@ -141,7 +142,7 @@ def test_a_kafka_flush_that_does_not_confirm_every_record_commits_nothing():
     writer = ResultWriter(producer, engine=None, predictions_topic="predictions", dead_letter_topic="dlq")
     writer.write_database = lambda outcome: None  # the database is not the point here
     consumer = StubConsumer()
-    cp = Checkpoint(consumer, StubProcessor(), writer, ServiceMetrics(), Backoff(0.0, 0.0), pipelined=False)
+    cp = Checkpoint(consumer, StubProcessor(), writer, PrometheusObserver(), Backoff(0.0, 0.0), pipelined=False)
     assert not cp.submit(messages(ids(1, 3)))
     assert consumer.committed == {} and "Kafka took 0/3" in cp.health.last_error
     cp.tick()

@@ -23,73 +23,35 @@ from rakuten_stream.health import HealthServer
 from rakuten_stream.kafka import ensure_topics, make_producer
 from rakuten_stream.metrics import RecordingObserver
 from schemas.tables import PredictionRow
-from stream_workers.batch import BatchOutcome
-from stream_workers.checkpoint import PipelinedCycle
-from stream_workers.sinks import SinkError
+from stream_workers.checkpoint import Checkpoint
+from stream_workers.retry import Backoff
 from stream_workers.worker import Worker
 from tests.helpers import listing_json, register_production, wait_until
+from tests.stream_workers.stubs import TOPIC, FlakySink, StubConsumer, StubProcessor, messages
 
 
 # --- in memory: the checkpoint's hooks -----------------------------------------------------------------
-class Message:
-    def __init__(self, offset: int) -> None:
-        self._offset = offset
-
-    def topic(self) -> str:
-        return "products"
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
+def test_a_batch_the_database_refuses_is_reported_as_a_sink_failure_with_its_retry_and_paused_partitions():
+    observer, sink, consumer = RecordingObserver(), FlakySink(down=1), StubConsumer()
+    cp = Checkpoint(consumer, StubProcessor(), sink, observer, Backoff(0.0, 0.0), pipelined=False)
+    assert not cp.submit(messages([b"1", b"2"]))
+    assert observer.of("sink_failed") == [("database", "connection refused")]
+    assert observer.of("partitions_paused") == [([(TOPIC, 0)],)]
+    assert len(observer.of("retry_scheduled")) == 1
+    assert observer.of("batch_stored") == [] and observer.of("commit_done") == []
+    cp.tick()
+    assert observer.of("partitions_resumed") == [([(TOPIC, 0)],)]
 
 
-class Consumer:
-    def __init__(self) -> None:
-        self.commits: list = []
-        self.seeks: list = []
-
-    def commit(self, offsets, asynchronous=False) -> None:
-        self.commits.append([(tp.partition, tp.offset) for tp in offsets])
-
-    def seek(self, tp) -> None:
-        self.seeks.append((tp.partition, tp.offset))
-
-
-class Processor:
-    def process(self, messages) -> BatchOutcome:
-        return BatchOutcome()
-
-
-class Writer:
-    def __init__(self, failures: list[SinkError | None]) -> None:
-        self.failures = failures
-
-    def write(self, outcome) -> None:
-        failure = self.failures.pop(0) if self.failures else None
-        if failure is not None:
-            raise failure
-
-
-def test_a_batch_the_database_refuses_is_reported_as_a_sink_failure_and_not_committed():
-    observer, consumer = RecordingObserver(), Consumer()
-    cycle = PipelinedCycle(consumer, Processor(), Writer([SinkError("upsert failed", sink="database")]), observer)
-    cycle.submit([Message(0), Message(1)])
-    assert cycle.drain() is False
-    assert observer.of("sink_failed") == [("database", "upsert failed")]
-    assert consumer.commits == [] and observer.of("commit_done") == [] and observer.of("batch_stored") == []
-    cycle.close()
-
-
-def test_a_stored_batch_is_reported_stored_then_committed():
-    observer, consumer = RecordingObserver(), Consumer()
-    cycle = PipelinedCycle(consumer, Processor(), Writer([]), observer)
-    cycle.submit([Message(0), Message(1)])
-    assert cycle.drain() is True
-    hooks = [name for name, _, _ in observer.calls if name in ("batch_stored", "commit_done")]
-    assert hooks == ["batch_stored", "commit_done"] and consumer.commits == [[(0, 2)]]
-    cycle.close()
+def test_a_stored_batch_is_reported_committed_then_stored_with_its_predictions():
+    observer, consumer = RecordingObserver(), StubConsumer()
+    cp = Checkpoint(consumer, StubProcessor(), FlakySink(), observer, Backoff(0.0, 0.0), pipelined=False)
+    assert cp.submit(messages([b"1", b"2", b"3"]))
+    hooks = [name for name, _, _ in observer.calls if name in ("stage_timed", "commit_done", "batch_stored")]
+    assert hooks == ["commit_done", "stage_timed", "batch_stored"]
+    [(predictions, cache_hits, _seconds, event_times)] = observer.of("batch_stored")
+    assert (predictions, cache_hits, len(event_times)) == (3, 0, 3)
+    assert observer.of("commit_done")[0][1:] == (True,)
 
 
 # --- with the real services ------------------------------------------------------------------------------
