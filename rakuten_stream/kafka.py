@@ -10,7 +10,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from rakuten_stream.settings import Settings
@@ -114,10 +114,12 @@ class DeliveryTracker:
         self.failed = 0
         self.bytes = 0
         self.errors: list[str] = []
+        self.fatal = False  # a fatal producer error (e.g. idempotence state lost by a broker): replace the producer
 
     def __call__(self, err, msg) -> None:  # confluent-kafka on_delivery signature
         if err is not None:
             self.failed += 1
+            self.fatal = self.fatal or err.fatal() or err.code() == KafkaError._FATAL
             if len(self.errors) < 20:
                 self.errors.append(str(err))
         else:

@@ -133,7 +133,7 @@ class Transactions:
 
     def _recover(self, producer, exc: Exception) -> None:
         error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
-        if isinstance(error, KafkaError) and error.fatal():
+        if (isinstance(error, KafkaError) and error.fatal()) or getattr(exc, "fatal", False):
             log.error("producer failed fatally (%s): replacing it", error)
             self._init(self.make_producer())
             return

@@ -139,7 +139,8 @@ class Replayer:
         cache = PredictionCache(s.cache.redis_url.get_secret_value() if s.cache.enabled else None, s.cache.ttl_seconds)
         processor = BatchProcessor(runtime, cache, self.metrics, s, self.plan.group_id)
         producer = make_producer(s)
-        writer = ResultWriter(producer, engine, s.topics.predictions, s.topics.dead_letters)
+        writer = ResultWriter(producer, engine, s.topics.predictions, s.topics.dead_letters,
+                              make_producer=lambda: make_producer(s))
         consumer = make_consumer(s, self.plan.group_id)
         topic = s.topics.products
 
@@ -181,6 +182,6 @@ class Replayer:
         finally:
             checkpoint.close()
             consumer.close()
-            producer.flush(30)
+            writer.producer.flush(30)
             engine.dispose()
         return stats

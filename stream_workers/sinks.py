@@ -9,6 +9,9 @@ a value the database refuses), in which case the caller bisects it to find the p
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from confluent_kafka import KafkaError, KafkaException
 from sqlalchemy import Engine
 from sqlalchemy import exc as sa
 
@@ -28,7 +31,12 @@ class SinkError(RuntimeError):
 
 
 class SinkUnavailable(SinkError):
-    """The sink is down or did not answer in time: pause, back off, retry the same batch."""
+    """The sink is down or did not answer in time: pause, back off, retry the same batch.
+    ``fatal``: the producer cannot go on (librdkafka's fatal error) and must be replaced."""
+
+    def __init__(self, message: str, fatal: bool = False) -> None:
+        super().__init__(message)
+        self.fatal = fatal
 
 
 class SinkRejected(SinkError):
@@ -52,8 +60,9 @@ def database_error(exc: Exception, rows: int) -> SinkError:
 
 class ResultWriter:
     def __init__(self, producer, engine: Engine, predictions_topic: str, dead_letter_topic: str,
-                 flush_timeout_s: float = 30.0) -> None:
+                 flush_timeout_s: float = 30.0, make_producer: Callable[[], object] | None = None) -> None:
         self.producer = producer
+        self.make_producer = make_producer  # to replace the producer after a fatal error (None: the caller does)
         self.engine = engine
         self.predictions_topic = predictions_topic
         self.dead_letter_topic = dead_letter_topic
@@ -66,18 +75,39 @@ class ResultWriter:
         self.write_topics(outcome)
 
     def write_topics(self, outcome: BatchOutcome) -> None:
+        try:
+            self._produce(outcome)
+        except SinkUnavailable as exc:
+            if exc.fatal and self.make_producer is not None:
+                self.replace_producer()
+            raise
+
+    def _produce(self, outcome: BatchOutcome) -> None:
         tracker = DeliveryTracker()
-        for prediction in outcome.predictions:
-            produce_with_backpressure(self.producer, self.predictions_topic, prediction.to_bytes(),
-                                      key=str(prediction.productid).encode(), on_delivery=tracker)
-        for letter, key in zip(outcome.dead_letters, outcome.keys, strict=True):
-            produce_with_backpressure(self.producer, self.dead_letter_topic, letter.to_bytes(), key=key,
-                                      headers=[("error_class", letter.error_class.encode())], on_delivery=tracker)
-        remaining = self.producer.flush(self.flush_timeout_s)
+        try:
+            for prediction in outcome.predictions:
+                produce_with_backpressure(self.producer, self.predictions_topic, prediction.to_bytes(),
+                                          key=str(prediction.productid).encode(), on_delivery=tracker)
+            for letter, key in zip(outcome.dead_letters, outcome.keys, strict=True):
+                produce_with_backpressure(self.producer, self.dead_letter_topic, letter.to_bytes(), key=key,
+                                          headers=[("error_class", letter.error_class.encode())], on_delivery=tracker)
+            remaining = self.producer.flush(self.flush_timeout_s)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            fatal = isinstance(error, KafkaError) and (error.fatal() or error.code() == KafkaError._FATAL)
+            raise SinkUnavailable(f"Kafka refused the batch: {exc}", fatal=fatal) from exc
         expected = len(outcome.predictions) + len(outcome.dead_letters)
         if remaining or tracker.failed or tracker.delivered != expected:
             raise SinkUnavailable(f"Kafka took {tracker.delivered}/{expected} records ({remaining} still queued): "
-                            f"{tracker.errors[:3]}")
+                                  f"{tracker.errors[:3]}", fatal=tracker.fatal)
+
+    def replace_producer(self) -> None:
+        """A new producer after a fatal error; the old one's queued records are dropped (they are redone)."""
+        old, self.producer = self.producer, self.make_producer()
+        try:
+            old.purge()
+        except Exception:  # a failed producer may refuse even that
+            pass
 
     def write_database(self, outcome: BatchOutcome) -> None:
         # one row per key: a listing published twice in a batch must not hit ON CONFLICT twice

@@ -137,7 +137,8 @@ class Worker:
         processor = BatchProcessor(runtime, cache, self.observer, s, self.instance_id)
 
         consumer = make_consumer(s, s.worker.group_id, **self._consumer_config())
-        writer = ResultWriter(self._new_producer(), self.engine, s.topics.predictions, s.topics.dead_letters)
+        writer = ResultWriter(self._new_producer(), self.engine, s.topics.predictions, s.topics.dead_letters,
+                              make_producer=None if self.exactly_once else self._new_producer)
         transactions = Transactions(self._new_producer, consumer, writer) if self.exactly_once else None
         checkpoint = self._checkpoint = Checkpoint(consumer, processor, writer, self.observer, self.backoff,
                                                    transactions=transactions, on_stored=self._record,

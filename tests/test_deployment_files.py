@@ -103,12 +103,17 @@ def secret_example() -> dict:
     return yaml.safe_load((K8S / "secret.example.yaml").read_text())
 
 
+#: the kinds that run the service's long-lived pods (the workers are a StatefulSet: stable member ids)
+WORKLOADS = ("Deployment", "StatefulSet")
+
+
 def pod_templates(k8s: Manifests) -> dict[str, dict]:
-    return {name: doc["spec"]["template"] for (kind, name), doc in k8s.items() if kind in ("Deployment", "Job")}
+    return {name: doc["spec"]["template"] for (kind, name), doc in k8s.items() if kind in WORKLOADS + ("Job",)}
 
 
 def container_of(k8s: Manifests, deployment: str) -> dict:
-    [container] = k8s["Deployment", deployment]["spec"]["template"]["spec"]["containers"]
+    [workload] = [doc for (kind, name), doc in k8s.items() if kind in WORKLOADS and name == deployment]
+    [container] = workload["spec"]["template"]["spec"]["containers"]
     return container
 
 
@@ -397,11 +402,15 @@ def test_the_image_is_pinned_to_the_project_version_everywhere(k8s, compose, our
         assert ":" in image and not image.endswith(":latest"), f"{name}: {image!r} is not pinned by tag"
 
 
-def test_the_worker_deployment_runs_the_worker_with_a_static_member_id_and_a_clean_leave(k8s):
-    deployment = k8s["Deployment", "rakuten-worker"]
+def test_the_workers_are_a_statefulset_whose_stable_pod_names_are_their_static_member_ids(k8s):
+    """Defect 5: a Deployment's pod names change with every new pod, so a static id taken from them
+    orphans the departed member's partitions; a StatefulSet's names come back with the pod."""
+    deployment = k8s["StatefulSet", "rakuten-worker"]
+    assert deployment["spec"]["serviceName"] == "rakuten-worker-metrics"
+    assert k8s["Service", "rakuten-worker-metrics"]["spec"]["clusterIP"] == "None"
     pod = deployment["spec"]["template"]["spec"]
     container = container_of(k8s, "rakuten-worker")
-    check_subcommand(command_of(container["args"]), "k8s Deployment")
+    check_subcommand(command_of(container["args"]), "k8s StatefulSet")
     assert command_of(container["args"]) == ["worker", "--no-migrate"]  # the migration Job migrates
     sources = {next(iter(ref.values()))["name"] for ref in container["envFrom"]}
     assert sources == {k8s.one("ConfigMap")["metadata"]["name"], "rakuten-stream"}
@@ -427,7 +436,7 @@ def test_the_schema_is_migrated_by_one_job_not_by_every_replica(k8s):
 
 
 def test_every_role_has_its_deployment_running_a_real_subcommand(k8s):
-    roles = {name: command_of(container_of(k8s, name)["args"]) for (kind, name) in k8s if kind == "Deployment"}
+    roles = {name: command_of(container_of(k8s, name)["args"]) for (kind, name) in k8s if kind in WORKLOADS}
     assert {args[0] for args in roles.values()} == {"worker", "retrain-worker", "drift-consumer", "lag", "serve"}
     for name, args in roles.items():
         check_subcommand(args, f"k8s Deployment {name}")
@@ -462,6 +471,7 @@ def test_services_and_disruption_budgets_select_their_pods(k8s):
 def test_keda_scales_on_the_lag_of_the_products_topic_up_to_the_partition_count(k8s):
     scaled, config = k8s.one("ScaledObject"), k8s.one("ConfigMap")["data"]
     assert scaled["spec"]["scaleTargetRef"]["name"] == "rakuten-worker"
+    assert scaled["spec"]["scaleTargetRef"]["kind"] == "StatefulSet"
     [trigger] = scaled["spec"]["triggers"]
     assert trigger["type"] == "kafka"
     # read from the worker container's environment: one place for the servers, the group and the topic
@@ -491,7 +501,7 @@ def test_the_image_runs_rakuten_stream_from_python_3_11_slim():
     uid = user.split(":")[0]
     assert uid.isdigit() and int(uid) != 0, "a numeric non-root USER (runAsNonRoot checks it)"
     for pod in ("runAsUser", "runAsGroup"):
-        assert re.search(rf"{pod}: {uid}\b", (K8S / "worker-deployment.yaml").read_text())
+        assert re.search(rf"{pod}: {uid}\b", (K8S / "worker-statefulset.yaml").read_text())
 
 
 def test_the_image_installs_the_torch_the_deep_extra_asks_for():

@@ -75,3 +75,22 @@ def test_the_upsert_statement_is_built_once_not_per_batch(sqlite_url, monkeypatc
         writer.write_database(outcome(*range(batch, batch + 50)))
     assert len(built) == 1
     assert rows(writer) == list(range(52))
+
+
+def test_a_fatal_producer_error_replaces_the_producer_and_the_batch_is_retried(writer):
+    from confluent_kafka import KafkaError, KafkaException
+
+    class FatallyFailed(StubProducer):
+        def flush(self, timeout: float = 0) -> int:
+            raise KafkaException(KafkaError(KafkaError._FATAL, "sequence desynchronization", fatal=True))
+
+        def purge(self) -> None:
+            pass
+
+    fresh = StubProducer()
+    writer.producer, writer.make_producer = FatallyFailed(), lambda: fresh
+    with pytest.raises(SinkUnavailable) as failure:
+        writer.write_topics(outcome(1))
+    assert failure.value.fatal and writer.producer is fresh
+    writer.write_topics(outcome(1))
+    assert len(fresh.topic("predictions")) == 1
