@@ -102,11 +102,12 @@ def test_a_redis_outage_mid_stream_only_costs_the_cache(settings, text_model, da
         s = stream_settings(settings, database_url).with_overrides(cache={"enabled": True,
                                                                           "redis_url": redis_server.url})
         register_production(s, text_model)
-        published = [listing(i) for i in range(1, 151)] * 2  # each listing twice: the second a cache hit, if up
+        early, late = [listing(i) for i in range(1, 41)], [listing(i) for i in range(41, 151)]
+        published = early + early + late + late  # repeats: cache hits while Redis is up, misses while down
         publisher = PacedPublisher(s, published, per_second=150)
         with ThreadWorker(s) as worker:
             publisher.start()
-            assert wait_until(lambda: worker.stats.predicted >= 60, 60)
+            assert wait_until(lambda: worker.stats.predicted >= 100, 60)
             redis_server.stop()
             time.sleep(1)
             redis_server.start()
