@@ -34,8 +34,8 @@ class SinkUnavailable(SinkError):
     """The sink is down or did not answer in time: pause, back off, retry the same batch.
     ``fatal``: the producer cannot go on (librdkafka's fatal error) and must be replaced."""
 
-    def __init__(self, message: str, fatal: bool = False) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, sink: str = "kafka", fatal: bool = False) -> None:
+        super().__init__(message, sink)
         self.fatal = fatal
 
 
