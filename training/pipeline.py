@@ -206,9 +206,11 @@ def with_available_models(config: TrainConfig) -> TrainConfig:
 
 
 def train(config: TrainConfig, progress: Progress | None = None, dataset: Dataset | None = None,
-          snapshot_id: str | None = None, previous: PreviousSplit | None = None) -> TrainResult:
+          snapshot_id: str | None = None, previous: PreviousSplit | None = None,
+          category_names: dict[int, str] | None = None) -> TrainResult:
     """Train on ``config.data``, or on ``dataset`` (with its ``snapshot_id``) when given; ``previous``: the
-    production version's split, which the rows it holds keep (:func:`split_dataset`)."""
+    production version's split, which the rows it holds keep (:func:`split_dataset`); ``category_names``
+    over the data folder's (a database dataset has none: a retrain passes production's)."""
     config = with_available_models(config)
     steps = _Steps(progress)
     if dataset is None:
@@ -220,16 +222,17 @@ def train(config: TrainConfig, progress: Progress | None = None, dataset: Datase
     out = Path(config.model_dir) / version
     out.mkdir(parents=True, exist_ok=False)
     try:
-        return _train_into(out, version, dataset, snapshot_id, config, steps, previous)
+        return _train_into(out, version, dataset, snapshot_id, config, steps, previous, category_names)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
 
 
 def _train_into(out: Path, version: str, dataset: Dataset, snapshot_id: str, config: TrainConfig,
-                steps: _Steps, previous: PreviousSplit | None = None) -> TrainResult:
+                steps: _Steps, previous: PreviousSplit | None = None,
+                category_names: dict[int, str] | None = None) -> TrainResult:
     train_split, test_split, classes = split_dataset(dataset, config, previous)
-    categories = load_categories(dataset.path if dataset.files else None)
+    categories = load_categories(dataset.path if dataset.files else None) | (category_names or {})
     timings: dict[str, float] = {}
     oof: dict[str, np.ndarray] = {}
     present: dict[str, np.ndarray] = {}

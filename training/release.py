@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.progress import Progress
 from sqlalchemy import Engine
@@ -44,7 +45,7 @@ def train_and_release(settings: Settings, engine: Engine, config: TrainConfig, p
     gate and announce."""
     if labeled is not None:
         result = train(config, progress, dataset=labeled.dataset, snapshot_id=labeled.snapshot_id,
-                       previous=production_split(engine))
+                       previous=production_split(engine), category_names=production_category_names(engine))
         record_labeled_snapshot(engine, labeled)
     else:
         result = train(config, progress)
@@ -73,6 +74,18 @@ def production_split(engine: Engine) -> PreviousSplit | None:
     if row is None or row.training_rows is None or row.held_out_rows is None:
         return None
     return PreviousSplit(frozenset(row.training_rows), frozenset(row.held_out_rows))
+
+
+def production_category_names(engine: Engine) -> dict[int, str]:
+    """The production version's category names (a retrain on the database keeps them)."""
+    row = registry.production(engine)
+    if row is None:
+        return {}
+    try:
+        return dict(read_manifest(Path(row.artifact_dir)).category_names)
+    except Exception as exc:  # an unreadable production version: the built-in names
+        log.warning("category names of %s not read (%s): the built-in names are used", row.version, exc)
+        return {}
 
 
 def announce_quietly(settings: Settings, engine: Engine, version: str) -> bool:

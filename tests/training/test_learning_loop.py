@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from inference import registry
+from inference.artifacts import read_manifest
 from producers.labels import LabelPublisher
 from producers.publisher import Publisher
 from rakuten_stream.database import make_engine, session_scope
@@ -96,8 +97,10 @@ def test_labels_for_new_listings_retrain_gate_and_reach_the_running_worker(setti
     boot, new = split_sample(data_dir, bootstrap_per_class=5, new_per_class=15)
 
     # bootstrap, as `rakuten-stream train --data DIR` does: a production version, its dataset in the database
-    first = train_and_release(settings, engine, TrainConfig(data=write_flat(boot, tmp_path / "boot"),
-                                                            model_dir=settings.models.dir, **TEXT_ONLY))
+    boot_dir = write_flat(boot, tmp_path / "boot")
+    (boot_dir / "categories.json").write_text('{"10": {"fr": "livres (nommés par ce jeu de données)"}}')
+    first = train_and_release(settings, engine, TrainConfig(data=boot_dir, model_dir=settings.models.dir,
+                                                            **TEXT_ONLY))
     v1 = first.result.version
     assert first.promoted and registry.production(engine).version == v1
     assert set(registry.get_version(engine, v1).training_rows) <= {r.productid for r in boot}
@@ -149,6 +152,8 @@ def test_labels_for_new_listings_retrain_gate_and_reach_the_running_worker(setti
         assert registry.get_version(engine, v2).snapshot_id == won.snapshot_id
         assert set(registry.get_version(engine, v2).training_rows) & {r.productid for r in new}
         assert registry.production(engine).version == v2
+        names = read_manifest(Path(registry.get_version(engine, v2).artifact_dir)).category_names
+        assert names[10] == "livres (nommés par ce jeu de données)"  # the data folder's names outlive it
 
         # the running worker switched without a restart and labels its predictions with the new version
         assert wait_until(lambda: stream_worker.model_state.serving == v2, 60)
