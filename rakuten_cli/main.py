@@ -63,6 +63,7 @@ app.command("score")(model_commands.score)
 app.add_typer(model_commands.models_app, name="models")
 app.command("retrain-worker")(model_commands.retrain_worker)
 app.command("request-retrain")(model_commands.request_retrain)
+app.command("retrain-jobs")(model_commands.retrain_jobs)
 # -- the stream worker, replay and the demo --
 app.command("worker")(worker_commands.worker)
 app.command("replay")(worker_commands.replay)

@@ -205,6 +205,42 @@ def retrain_worker(
         worker.run()
 
 
+def retrain_jobs(
+    ctx: typer.Context,
+    job_id: str = typer.Argument(None, help="one job: its steps and decision, as JSON"),
+    as_json: bool = typer.Option(False, "--json", help="a JSON list on stdout"),
+    limit: int = typer.Option(20, "--limit", min=1, help="the newest N jobs"),
+) -> None:
+    """Retrain jobs, newest first (status, candidate, the gate's reason); with an id, every step of one."""
+    from sqlalchemy import select
+
+    from rakuten_stream.database import session_scope
+    from schemas.tables import RetrainJob
+
+    columns = ("job_id", "status", "reason", "candidate_version", "snapshot_id", "drift_report_id", "created_at",
+               "finished_at")
+    with session_scope(_engine(settings_of(ctx))) as session:
+        if job_id is not None:
+            job = session.get(RetrainJob, job_id)
+            if job is None:
+                fail(f"no retrain job {job_id!r} (`rakuten-stream retrain-jobs` lists them)")
+            print(json.dumps({**{c: getattr(job, c) for c in columns}, "decision": job.decision, "steps": job.steps},
+                             indent=2, default=str))
+            return
+        jobs = list(session.scalars(select(RetrainJob).order_by(RetrainJob.created_at.desc()).limit(limit)))
+        rows = [{**{c: getattr(j, c) for c in columns},
+                 "gate": (j.decision or {}).get("reason") or (j.decision or {}).get("error")} for j in jobs]
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        console.print("no retrain job yet: `rakuten-stream request-retrain` asks for one", highlight=False)
+        return
+    for row in rows:
+        print(f"{row['job_id']}  {row['created_at']:%Y-%m-%d %H:%M}  {row['status']:<9}  "
+              f"{row['candidate_version'] or '-'}  {row['reason']}: {row['gate'] or '-'}")
+
+
 def request_retrain(ctx: typer.Context, reason: str = typer.Option("requested by hand", help="why")) -> None:
     """Publish a retrain request (what the drift consumer does when it sees drift)."""
     import uuid

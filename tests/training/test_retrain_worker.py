@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
+from typer.testing import CliRunner
+
+from rakuten_cli.main import app
 from rakuten_stream.database import make_engine, session_scope
 from rakuten_stream.kafka import ensure_topics, make_producer
 from rakuten_stream.metrics import RetrainMetrics
@@ -12,6 +16,8 @@ from schemas import RetrainRequest
 from schemas.tables import RetrainJob
 from tests.helpers import wait_until
 from training.retrain_worker import RetrainWorker
+
+runner = CliRunner()
 
 
 def test_a_request_with_nothing_to_train_on_is_a_failed_job_that_says_what_to_do(settings, fresh_postgres_url):
@@ -49,3 +55,12 @@ def test_a_request_with_nothing_to_train_on_is_a_failed_job_that_says_what_to_do
     assert metrics.jobs.labels(outcome="failed")._value.get() == 1
     assert metrics.jobs.labels(outcome="promoted")._value.get() == 0
     engine.dispose()
+
+    listed = runner.invoke(app, ["--database-url", fresh_postgres_url, "retrain-jobs"])
+    assert listed.exit_code == 0 and "empty-db" in listed.stdout and "failed" in listed.stdout
+    assert "no labeled rows in the database" in listed.stdout
+    shown = runner.invoke(app, ["--database-url", fresh_postgres_url, "retrain-jobs", "empty-db"])
+    assert shown.exit_code == 0
+    assert [s["step"] for s in json.loads(shown.stdout)["steps"]] == ["request", "sync", "dataset", "failed"]
+    missing = runner.invoke(app, ["--database-url", fresh_postgres_url, "retrain-jobs", "nope"])
+    assert missing.exit_code == 2 and "no retrain job 'nope'" in missing.output
