@@ -39,6 +39,10 @@ class E5Spec(BaseModel):
     max_length: int = 128
     prefix: str = "query: "
     quantized: bool = False
+    head_input: Literal["embedding", "tfidf+embedding"] = Field(
+        "embedding", description="what the head reads: the embedding, or the TF-IDF vector and the embedding side by "
+        "side (the joint text model; the embedding multiplied by embedding_scale)")
+    embedding_scale: float = 1.0
 
 
 class ImageSpec(BaseModel):
@@ -65,6 +69,10 @@ class Manifest(BaseModel):
     e5: E5Spec | None = None
     image: ImageSpec | None = None
     fusion: FusionSpec = Field(default_factory=FusionSpec)
+    cascade: dict[str, Any] | None = Field(
+        None, description="threshold, cheap_model, oof_weighted_f1_all, oof_weighted_f1_cascade, cheap_share: "
+        "listings whose cheap-model confidence is at least the threshold are answered by the cheap model alone "
+        "(chosen out of fold by training); absent or null: every model runs")
     files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256")
     metrics: dict[str, Any] = Field(default_factory=dict)
     parameters: dict[str, Any] = Field(default_factory=dict)

@@ -137,11 +137,20 @@ class ModelRuntime:
         return embed_in_batches(self.e5_encoder, self.tokenizer, texts, batch_size=16, prefix=self.manifest.e5.prefix)
 
     def predict_e5(self, texts: Sequence[ListingText]) -> np.ndarray:
-        return self.e5_head_probabilities(self.embed_e5([t.full for t in texts]))
+        return self.e5_head_probabilities(self.embed_e5([t.full for t in texts]), texts)
 
-    def e5_head_probabilities(self, embeddings: np.ndarray) -> np.ndarray:
-        probs = self._probabilities(self.e5_head, {self.e5_head.get_inputs()[0].name: embeddings.astype(np.float32)})
-        return expand_to_classes(probs, self.manifest.e5.classes, self.manifest.classes)
+    def e5_head_probabilities(self, embeddings: np.ndarray, texts: Sequence[ListingText] | None = None) -> np.ndarray:
+        """The e5 head on ``embeddings``; a joint head also reads the TF-IDF vector of ``texts``."""
+        spec = self.manifest.e5
+        inputs = embeddings.astype(np.float32)
+        if spec.head_input == "tfidf+embedding":
+            if texts is None:
+                raise ValueError("the joint e5 head reads the TF-IDF vector too: pass the texts")
+            tfidf = self.featurizer.transform([t.title_weighted for t in texts])
+            tfidf = tfidf.toarray() if hasattr(tfidf, "toarray") else np.asarray(tfidf)  # sparse or dense rows
+            inputs = np.hstack([tfidf.astype(np.float32), inputs * np.float32(spec.embedding_scale)])
+        probs = self._probabilities(self.e5_head, {self.e5_head.get_inputs()[0].name: inputs})
+        return expand_to_classes(probs, spec.classes, self.manifest.classes)
 
     def image_features(self, images: Sequence[Image.Image]) -> np.ndarray:
         pixels = preprocess(images, self.image_params)

@@ -57,7 +57,8 @@ def evaluate(y_index: np.ndarray, fused: np.ndarray, modality_probs: Mapping[str
     return metrics
 
 
-def plot_confusion(y_index: np.ndarray, pred: np.ndarray, classes: Sequence[int], path: Path) -> Path:
+def plot_confusion(y_index: np.ndarray, pred: np.ndarray, classes: Sequence[int], path: Path,
+                   title: str = "Confusion matrix, held-out rows (row-normalised)") -> Path:
     matrix = confusion_matrix(y_index, pred, labels=list(range(len(classes))), normalize="true")
     fig, ax = plt.subplots(figsize=(11, 10))
     image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
@@ -65,7 +66,7 @@ def plot_confusion(y_index: np.ndarray, pred: np.ndarray, classes: Sequence[int]
     ax.set_yticks(range(len(classes)), [str(c) for c in classes], fontsize=8)
     ax.set_xlabel("predicted prdtypecode")
     ax.set_ylabel("true prdtypecode")
-    ax.set_title("Confusion matrix (row-normalised)")
+    ax.set_title(title)
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -73,7 +74,8 @@ def plot_confusion(y_index: np.ndarray, pred: np.ndarray, classes: Sequence[int]
     return path
 
 
-def plot_reliability(y_index: np.ndarray, curves: Mapping[str, np.ndarray], path: Path, bins: int = 10) -> Path:
+def plot_reliability(y_index: np.ndarray, curves: Mapping[str, np.ndarray], path: Path, bins: int = 10,
+                     title: str = "Reliability diagram (held-out rows)") -> Path:
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
     edges = np.linspace(0, 1, bins + 1)
@@ -88,7 +90,7 @@ def plot_reliability(y_index: np.ndarray, curves: Mapping[str, np.ndarray], path
         ax.plot(xs, ys, marker="o", label=name)
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
-    ax.set_title("Reliability diagram (held-out rows)")
+    ax.set_title(title)
     ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -113,6 +115,7 @@ def write_report(path: Path, version: str, metrics: dict, extra: Mapping[str, ob
     for name, value in metrics["per_modality_f1"].items():
         lines.append(f"| {name} | {value} | {metrics['with_image'].get(name, '-')} |")
     lines.append(f"| **fused** | {metrics['weighted_f1']} | {metrics['with_image'].get('fused', '-')} |")
+    lines += kfold_section(metrics.get("kfold"), metrics.get("cascade"))
     lines += ["", "## Training details", ""]
     lines += [f"- **{k}**: {v}" for k, v in extra.items()]
     lines += ["", "## Per class (F1)", "", "| prdtypecode | category | F1 |", "|---|---|---|"]
@@ -121,3 +124,30 @@ def write_report(path: Path, version: str, metrics: dict, extra: Mapping[str, ob
     lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in images]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def kfold_section(kfold: Mapping | None, cascade: Mapping | None) -> list[str]:
+    """The out-of-fold figures of the training rows (mean ± std over the folds) and the cascade."""
+    if not kfold:
+        return []
+    lines = ["", f"## Out of fold ({kfold['n_folds']}-fold stratified, training rows)", "",
+             f"{kfold['n_rows']} training rows ({kfold['n_rows_with_image']} with an image); every model fitted on "
+             f"the other folds (TF-IDF vocabularies included), the fusion's weights too (cross-fitted). "
+             "Every model choice is made on these figures.", "",
+             "| model | weighted F1 (mean ± std over folds) | rows with an image | ECE | log-loss |",
+             "|---|---|---|---|---|"]
+    for name, f in kfold["models"].items():
+        label = f"**{name}**" if name == "fused" else name
+        lines.append(f"| {label} | {f['weighted_f1']['mean']:.4f} ± {f['weighted_f1']['std']:.4f} | "
+                     f"{f['weighted_f1_with_image']['mean']:.4f} ± {f['weighted_f1_with_image']['std']:.4f} | "
+                     f"{f['ece']:.4f} | {f['log_loss']:.4f} |")
+    if kfold.get("fused_by_e5_head_input"):
+        lines += ["", f"Served e5 head: `{kfold['e5_head_input']}` (pooled out-of-fold fused weighted F1 by head: "
+                  f"{kfold['fused_by_e5_head_input']}). `joint` is the TF-IDF ⊕ e5 linear model."]
+    if cascade:
+        lines += ["", "### Cascade", "",
+                  f"Listings whose {cascade['cheap_model']} confidence is at least **{cascade['threshold']}** are "
+                  f"answered by {cascade['cheap_model']} alone: {cascade['cheap_share']:.1%} of the training rows out "
+                  f"of fold, weighted F1 {cascade['oof_weighted_f1_cascade']} against "
+                  f"{cascade['oof_weighted_f1_all']} running every model."]
+    return lines

@@ -27,14 +27,26 @@ from inference.artifacts import E5Spec, FusionSpec, ImageSpec, Manifest, TfidfSp
 from inference.features.images import ImageDecodeError, ImagePreprocessing, decode_image
 from inference.features.text_cleaning import ListingText
 from inference.features.text_embedding import embed_in_batches, load_tokenizer
+from inference.fusion import expand_to_classes, fuse_weighted, stacker_features
 from inference.reference_profile import build_profile, write_profile
 from inference.runtime import ModelRuntime
 from inference.scoring import score_batch
 from rakuten_stream.datasets import Dataset, ListingRecord, load_categories, load_dataset
 from rakuten_stream.settings import ImageSettings
+from training.crossval import (
+    CascadeChoice,
+    JointParams,
+    choose_cascade_threshold,
+    cross_fitted_fusion,
+    joint_features,
+    kfold_figures,
+    out_of_fold,
+    stratified_folds,
+)
 from training.evaluation import evaluate, plot_confusion, plot_reliability, write_report
+from training.feature_cache import cache_key, cached_array, image_inputs
 from training.fusion_fit import FusionFit, fit_fusion
-from training.heads import HeadParams, fit_head, head_classes
+from training.heads import HeadParams, head_classes, make_head
 from training.onnx_export import export_classifier
 from training.tfidf_model import TfidfParams, fit_tfidf
 
@@ -56,6 +68,15 @@ class TrainConfig:
     tfidf: TfidfParams = field(default_factory=TfidfParams)
     e5_head: HeadParams = field(default_factory=lambda: HeadParams(c=10.0))
     image_head: HeadParams = field(default_factory=lambda: HeadParams(c=0.05, standardize=True))
+    #: stratified folds of the training rows for the out-of-fold figures and every choice made on them
+    folds: int = 5
+    #: what the served e5 head reads: "auto" (the better of the two out of fold), "embedding", "tfidf+embedding"
+    e5_head_input: str = "auto"
+    joint: JointParams = field(default_factory=JointParams)
+    #: the cascade threshold may cost at most this much weighted F1 (out of fold) against running everything
+    cascade_max_loss: float = 0.003
+    #: an explicit on-disk cache of e5 embeddings and image features (None: no cache)
+    cache_dir: Path | None = None
 
 
 @dataclass
@@ -113,16 +134,17 @@ def split_dataset(dataset: Dataset, config: TrainConfig, previous: PreviousSplit
     labelled = [r for r in labelled if r.prdtypecode in keep]
     classes = sorted(keep)
     index = {c: i for i, c in enumerate(classes)}
+    def make(records: list[ListingRecord]) -> _Split:
+        return _Split(records, [ListingText.of(r.designation, r.description) for r in records],
+                      np.asarray([index[r.prdtypecode] for r in records]))
+
+    if config.test_size == 0:  # every row for training (the k-fold bench): an empty held-out split
+        return make(labelled), make([]), classes
     if previous is None:
         train, test = train_test_split(labelled, test_size=config.test_size, random_state=config.seed,
                                        stratify=[r.prdtypecode for r in labelled])
     else:
         train, test = _sticky_split(labelled, config, previous)
-
-    def make(records: list[ListingRecord]) -> _Split:
-        return _Split(records, [ListingText.of(r.designation, r.description) for r in records],
-                      np.asarray([index[r.prdtypecode] for r in records]))
-
     return make(train), make(test), classes
 
 
@@ -234,45 +256,69 @@ def _train_into(out: Path, version: str, dataset: Dataset, snapshot_id: str, con
     train_split, test_split, classes = split_dataset(dataset, config, previous)
     categories = load_categories(dataset.path if dataset.files else None) | (category_names or {})
     timings: dict[str, float] = {}
-    oof: dict[str, np.ndarray] = {}
-    present: dict[str, np.ndarray] = {}
-    n_train = len(train_split.y)
+    n_train, n_classes = len(train_split.y), len(classes)
+    tfidf_texts = [t.title_weighted for t in train_split.texts]
+    folds = stratified_folds(train_split.y, config.folds, config.seed)
 
     clock = _Clock()
     steps.start(f"TF-IDF + linear SVM on {n_train} rows")
-    tfidf_model, oof["tfidf"] = fit_tfidf([t.title_weighted for t in train_split.texts], train_split.y, config.tfidf,
-                                          seed=config.seed)
+    tfidf_model, _ = fit_tfidf(tfidf_texts, train_split.y, config.tfidf, oof_folds=0, seed=config.seed)
     featurizer_file, classifier_file, linear_file = tfidf_model.export(out)
     tfidf_spec = TfidfSpec(featurizer=featurizer_file, classifier=classifier_file, linear=linear_file,
                            classes=[classes[i] for i in tfidf_model.classes])
-    present["tfidf"] = np.ones(n_train, dtype=bool)
     timings["tfidf_s"] = clock.lap()
     steps.done(f"TF-IDF ({timings['tfidf_s']:.0f}s)")
 
-    e5_spec = None
+    embeddings = e5_spec = None
     if config.use_e5:
-        e5_spec, oof["e5"] = _train_e5(out, train_split, classes, config, steps)
-        present["e5"] = np.ones(n_train, dtype=bool)
-        timings["e5_s"] = clock.lap()
-        steps.done(f"e5 embeddings + head ({timings['e5_s']:.0f}s)")
+        e5_spec, embeddings = _e5_encoder_and_embeddings(out, train_split, config, steps)
+        timings["e5_embeddings_s"] = clock.lap()
+        steps.done(f"e5 encoder and embeddings ({timings['e5_embeddings_s']:.0f}s)")
 
-    image_spec = None
+    image_spec, image_features, has_image = None, None, np.zeros(n_train, dtype=bool)
     if config.use_image:
-        image_spec, image_oof, has_image = _train_image(out, train_split, classes, config, steps)
-        if image_spec is not None:
-            oof["image"], present["image"] = image_oof, has_image
-        timings["image_s"] = clock.lap()
-        steps.done(f"image features + head ({timings['image_s']:.0f}s)")
+        image_spec, image_features, has_image = _image_encoder_and_features(out, train_split, classes, config, steps)
+        timings["image_features_s"] = clock.lap()
+        steps.done(f"image features ({timings['image_features_s']:.0f}s)")
+
+    advance = steps.start(f"{len(np.unique(folds))}-fold out-of-fold predictions of every model", len(np.unique(folds)))
+    oof = out_of_fold(tfidf_texts, train_split.y, folds, n_classes, config.tfidf, embeddings=embeddings,
+                      e5_head_params=config.e5_head, joint_params=config.joint if config.use_e5 else None,
+                      image_features=image_features if image_spec is not None else None, has_image=has_image,
+                      image_head_params=config.image_head, progress=advance)
+    choice = _choose_models(oof.probs, oof.present, train_split.y, folds, config)
+    timings["out_of_fold_s"] = clock.lap()
+    steps.done(f"out-of-fold predictions, e5 head: {choice['e5_head_input']} ({timings['out_of_fold_s']:.0f}s)")
+
+    steps.start("final heads on every training row")
+    served = {m: oof.probs[choice["sources"][m]] for m in choice["modalities"]}
+    present = {m: oof.present[choice["sources"][m]] for m in choice["modalities"]}
+    heads: dict = {"tfidf": tfidf_model}
+    if e5_spec is not None:
+        e5_spec, heads["e5"] = _fit_e5_head(out, e5_spec, tfidf_model, tfidf_texts, embeddings, train_split.y, classes,
+                               choice["e5_head_input"], config)
+    if image_spec is not None:
+        image_spec, heads["image"] = _fit_image_head(out, image_spec, image_features[has_image],
+                                                     train_split.y[has_image], classes, config)
+    timings["final_heads_s"] = clock.lap()
+    steps.done(f"final heads ({timings['final_heads_s']:.0f}s)")
 
     steps.start(f"fusion: fitting on the out-of-fold predictions of {n_train} rows")
-    fusion = fit_fusion(oof, present, train_split.y, classes, seed=config.seed)
+    fusion = fit_fusion(served, present, train_split.y, classes, seed=config.seed)
     fusion_spec = _export_fusion(out, fusion)
+    fused_oof = choice["fused"][choice["e5_head_input"]] if len(served) > 1 else served["tfidf"]
+    cascade = (choose_cascade_threshold(oof.probs["tfidf"], fused_oof, train_split.y, config.cascade_max_loss)
+               if len(served) > 1 else None)
+    kfold = kfold_figures(train_split.y, {**oof.probs, "fused": fused_oof}, oof.present, has_image, folds)
+    kfold["e5_head_input"] = choice["e5_head_input"]
+    kfold["fused_by_e5_head_input"] = choice["scores"]
     timings["fusion_s"] = clock.lap()
     steps.done(f"fusion: {fusion.method} ({timings['fusion_s']:.0f}s)")
 
     manifest = Manifest(
         version=version, classes=classes, category_names={c: categories.get(c, str(c)) for c in classes},
         tfidf=tfidf_spec, e5=e5_spec, image=image_spec, fusion=fusion_spec,
+        cascade=cascade.to_manifest() if cascade is not None else None,
         parameters={"config": _jsonable(asdict(config)), "snapshot_id": snapshot_id, "n_train": n_train,
                     "n_test": len(test_split.y), "fusion_oof_scores": fusion.scores},
     )
@@ -284,8 +330,11 @@ def _train_into(out: Path, version: str, dataset: Dataset, snapshot_id: str, con
     metrics = evaluate(test_split.y, scored.probs, scored.modality_probs, scored.present, classes)
     timings["evaluation_s"] = clock.lap()
     steps.done(f"held-out rows scored and evaluated ({timings['evaluation_s']:.0f}s)")
+    metrics["serving_parity"] = serving_parity(runtime, heads, fusion, test_split.records[:8])
     metrics["timings"] = timings
     metrics["fusion"] = {"method": fusion.method, "weights": fusion.weights}
+    metrics["kfold"] = kfold
+    metrics["cascade"] = cascade.to_manifest() if cascade is not None else None
     if config.use_e5 and config.e5_int8:
         steps.start(f"e5: int8 against fp32 on {len(test_split.y)} held-out rows")
         metrics["e5_int8_cost"] = _int8_cost(out, runtime, test_split)
@@ -296,7 +345,11 @@ def _train_into(out: Path, version: str, dataset: Dataset, snapshot_id: str, con
     pred = scored.probs.argmax(axis=1)
     images = [plot_confusion(test_split.y, pred, classes, out / "confusion_matrix.png").name,
               plot_reliability(test_split.y, {"fused": scored.probs, **scored.modality_probs},
-                               out / "reliability.png").name]
+                               out / "reliability.png").name,
+              plot_confusion(train_split.y, fused_oof.argmax(axis=1), classes, out / "oof_confusion_matrix.png",
+                             title="Out-of-fold confusion matrix, fused (row-normalised)").name,
+              plot_reliability(train_split.y, {"fused": fused_oof, **oof.probs}, out / "oof_reliability.png",
+                               title="Reliability diagram (out of fold)").name]
     timings["plots_s"] = clock.lap()
     report = write_report(out / "report.md", version, metrics, {
         "dataset": f"{dataset.path} ({dataset.layout}, snapshot {snapshot_id[:12]})",
@@ -315,6 +368,82 @@ def _train_into(out: Path, version: str, dataset: Dataset, snapshot_id: str, con
                        sorted(r.productid for r in test_split.records))
 
 
+def _choose_models(probs: dict[str, np.ndarray], present: dict[str, np.ndarray], y_index: np.ndarray,
+                   folds: np.ndarray, config: TrainConfig) -> dict:
+    """Which e5 head to serve (its own embedding, or the joint TF-IDF ⊕ e5 model): the one whose fusion
+    has the better out-of-fold weighted F1 (cross-fitted fusion weights), unless the config names one."""
+    from training.crossval import weighted_f1_fast
+
+    base = ["tfidf"] + (["image"] if "image" in probs else [])
+    if "e5" not in probs:
+        return {"modalities": base, "sources": {m: m for m in base}, "e5_head_input": "none", "fused": {
+            "none": cross_fitted_fusion({m: probs[m] for m in base}, {m: present[m] for m in base}, y_index, folds)
+            if len(base) > 1 else probs["tfidf"]}, "scores": {}}
+    options = {"embedding": "e5", "tfidf+embedding": "joint"}
+    fused, scores = {}, {}
+    for head_input, source in options.items():
+        sources = {"tfidf": "tfidf", "e5": source, **({"image": "image"} if "image" in probs else {})}
+        fused[head_input] = cross_fitted_fusion({m: probs[s] for m, s in sources.items()},
+                                                {m: present[s] for m, s in sources.items()}, y_index, folds)
+        scores[head_input] = round(weighted_f1_fast(y_index, fused[head_input].argmax(axis=1), probs["e5"].shape[1]),
+                                   4)
+    chosen = config.e5_head_input if config.e5_head_input != "auto" else max(scores, key=scores.get)
+    modalities = ["tfidf", "e5"] + (["image"] if "image" in probs else [])
+    return {"modalities": modalities, "e5_head_input": chosen, "fused": fused, "scores": scores,
+            "sources": {"tfidf": "tfidf", "e5": options[chosen], "image": "image"}}
+
+
+@dataclass
+class KfoldResult:
+    figures: dict
+    cascade: CascadeChoice | None
+    e5_head_input: str
+    timings: dict[str, float]
+
+
+def kfold_only(config: TrainConfig, progress: Progress | None = None) -> KfoldResult:
+    """The out-of-fold figures of every model and of the fusion over all labelled rows of
+    ``config.data`` (``config.test_size`` ignored), and the choices the release would make on them;
+    nothing is exported. With ``config.cache_dir`` the e5 embeddings and image features are
+    computed once (the encoders are built only on a cache miss)."""
+    import tempfile
+
+    config = with_available_models(dataclasses.replace(config, test_size=0))
+    steps = _Steps(progress)
+    dataset = load_dataset(config.data, limit=config.limit)
+    split, _, classes = split_dataset(dataset, config)
+    folds = stratified_folds(split.y, config.folds, config.seed)
+    timings: dict[str, float] = {}
+    clock = _Clock()
+    with tempfile.TemporaryDirectory(prefix="kfold-encoders-") as scratch:
+        embeddings = None
+        if config.use_e5:
+            _, embeddings = _e5_encoder_and_embeddings(Path(scratch), split, config, steps, files_needed=False)
+            timings["e5_embeddings_s"] = clock.lap()
+            steps.done(f"e5 embeddings ({timings['e5_embeddings_s']:.0f}s)")
+        image_features, has_image = None, np.zeros(len(split.y), dtype=bool)
+        if config.use_image:
+            spec, image_features, has_image = _image_encoder_and_features(Path(scratch), split, classes, config, steps)
+            image_features = image_features if spec is not None else None
+            timings["image_features_s"] = clock.lap()
+            steps.done(f"image features ({timings['image_features_s']:.0f}s)")
+    advance = steps.start(f"{len(np.unique(folds))}-fold out-of-fold predictions of every model on {len(split.y)} rows",
+                          len(np.unique(folds)))
+    oof = out_of_fold([t.title_weighted for t in split.texts], split.y, folds, len(classes), config.tfidf,
+                      embeddings=embeddings, e5_head_params=config.e5_head,
+                      joint_params=config.joint if config.use_e5 else None, image_features=image_features,
+                      has_image=has_image, image_head_params=config.image_head, progress=advance)
+    choice = _choose_models(oof.probs, oof.present, split.y, folds, config)
+    fused = choice["fused"][choice["e5_head_input"]]
+    figures = kfold_figures(split.y, {**oof.probs, "fused": fused}, oof.present, has_image, folds)
+    figures["fused_by_e5_head_input"] = choice["scores"]
+    cascade = (choose_cascade_threshold(oof.probs["tfidf"], fused, split.y, config.cascade_max_loss)
+               if len(choice["modalities"]) > 1 else None)
+    timings["out_of_fold_s"] = clock.lap()
+    steps.done(f"out-of-fold predictions ({timings['out_of_fold_s']:.0f}s)")
+    return KfoldResult(figures, cascade, choice["e5_head_input"], timings)
+
+
 class _Clock:
     def __init__(self) -> None:
         import time
@@ -328,10 +457,33 @@ class _Clock:
         return elapsed
 
 
-def _train_e5(out: Path, split: _Split, classes: list[int], config: TrainConfig, steps: _Steps
-              ) -> tuple[E5Spec, np.ndarray]:
+def _e5_encoder_and_embeddings(out: Path, split: _Split, config: TrainConfig, steps: _Steps,
+                               files_needed: bool = True) -> tuple[E5Spec, np.ndarray]:
+    """The served e5 encoder (converted, vocabulary pruned to the training texts, int8) and the
+    embeddings of the training rows (from ``config.cache_dir`` when they are there; then, unless
+    ``files_needed``, the encoder is not even built)."""
     import onnxruntime as ort
 
+    # the pruned vocabulary is a function of the training texts: they and the encoder settings are the key
+    key = cache_key("e5", {"source": config.e5_source, "max_length": config.e5_max_length, "int8": config.e5_int8,
+                           "pruned_to": cache_key("texts", {}, split.full_texts)}, split.full_texts)
+    spec = E5Spec(encoder="e5_encoder_int8.onnx" if config.e5_int8 else "e5_encoder_fp32.onnx",
+                  tokenizer="e5_tokenizer.json", head="e5_head.onnx", classes=[], max_length=config.e5_max_length,
+                  quantized=config.e5_int8)
+    if not files_needed and config.cache_dir is not None and (Path(config.cache_dir) / f"{key}.npy").is_file():
+        return spec, cached_array(config.cache_dir, key, lambda: None)
+    _build_e5_encoder(out, split, config, steps)
+
+    def compute() -> np.ndarray:
+        session = ort.InferenceSession(str(out / spec.encoder), providers=["CPUExecutionProvider"])
+        tokenizer = load_tokenizer(out / "e5_tokenizer.json", config.e5_max_length)
+        advance = steps.start("e5: embedding training rows", len(split.texts))
+        return embed_in_batches(session, tokenizer, split.full_texts, progress=advance)
+
+    return spec, cached_array(config.cache_dir, key, compute)
+
+
+def _build_e5_encoder(out: Path, split: _Split, config: TrainConfig, steps: _Steps) -> None:
     from training.text_encoder_e5 import E5Source, export_onnx, load_encoder, prune_vocabulary, quantize_int8
 
     steps.start(f"e5: converting {config.e5_source} and pruning its vocabulary")
@@ -339,7 +491,6 @@ def _train_e5(out: Path, split: _Split, classes: list[int], config: TrainConfig,
     model, tokenizer = prune_vocabulary(model, tokenizer, split.full_texts)
     tokenizer.save(str(out / "e5_tokenizer.json"))
     export_onnx(model, out / "e5_encoder_fp32.onnx")
-    encoder_file = "e5_encoder_fp32.onnx"
     if config.e5_int8:
         root = logging.getLogger()
         level, _ = root.level, root.setLevel(logging.ERROR)  # the quantiser logs every tensor, and advice
@@ -347,30 +498,38 @@ def _train_e5(out: Path, split: _Split, classes: list[int], config: TrainConfig,
             quantize_int8(out / "e5_encoder_fp32.onnx", out / "e5_encoder_int8.onnx")
         finally:
             root.setLevel(level)
-        encoder_file = "e5_encoder_int8.onnx"
     del model
-    session = ort.InferenceSession(str(out / encoder_file), providers=["CPUExecutionProvider"])
-    tokenizer = load_tokenizer(out / "e5_tokenizer.json", config.e5_max_length)
-    advance = steps.start("e5: embedding training rows", len(split.texts))
-    embeddings = embed_in_batches(session, tokenizer, split.full_texts, progress=advance)
-    head, oof = fit_head(embeddings, split.y, config.e5_head, list(range(len(classes))), seed=config.seed)
+
+
+def _fit_e5_head(out: Path, spec: E5Spec, tfidf_model, tfidf_texts: list[str], embeddings: np.ndarray,
+                 y_index: np.ndarray, classes: list[int], head_input: str, config: TrainConfig
+                 ) -> tuple[E5Spec, object]:
+    if head_input == "tfidf+embedding":
+        from training.tfidf_model import _classifier
+
+        counts = np.bincount(y_index)
+        head = _classifier(config.tfidf, int(counts[counts > 0].min())).set_params(estimator__C=config.joint.svm_c)
+        features = joint_features(tfidf_model.features(tfidf_texts), embeddings, config.joint.e5_scale)
+        head.fit(features, y_index)
+        export_classifier(head, features.shape[1], out / "e5_head.onnx")
+        return spec.model_copy(update={"classes": [classes[int(i)] for i in head.classes_],
+                                       "head_input": head_input, "embedding_scale": config.joint.e5_scale}), head
+    head = make_head(config.e5_head).fit(embeddings, y_index)
     export_classifier(head, embeddings.shape[1], out / "e5_head.onnx")
-    spec = E5Spec(encoder=encoder_file, tokenizer="e5_tokenizer.json", head="e5_head.onnx",
-                  classes=[classes[i] for i in head_classes(head)], max_length=config.e5_max_length,
-                  quantized=config.e5_int8)
-    return spec, oof
+    return spec.model_copy(update={"classes": [classes[i] for i in head_classes(head)], "head_input": head_input}), head
 
 
-def _train_image(out: Path, split: _Split, classes: list[int], config: TrainConfig, steps: _Steps
-                 ) -> tuple[ImageSpec | None, np.ndarray, np.ndarray]:
+def _image_encoder_and_features(out: Path, split: _Split, classes: list[int], config: TrainConfig, steps: _Steps
+                                ) -> tuple[ImageSpec | None, np.ndarray | None, np.ndarray]:
+    """The served image encoder and the features of the training rows with a readable image
+    (one row per training row; ``has_image`` says which are real)."""
     from training.image_encoder import export_onnx, extract_features_onnx, load_efficientnet_lite0
 
     rows = [i for i, r in enumerate(split.records) if r.image_path is not None]
     has_image = np.zeros(len(split.records), dtype=bool)
-    oof = np.full((len(split.records), len(classes)), 1.0 / len(classes))
     if len(rows) < 2 * len(classes):
         log.warning("only %d training rows have an image: no image model", len(rows))
-        return None, oof, has_image
+        return None, None, has_image
     params = ImagePreprocessing()
     export_onnx(load_efficientnet_lite0(), out / "image_encoder.onnx", params)
     advance = steps.start("image: EfficientNet-Lite0 features", len(rows))
@@ -380,17 +539,23 @@ def _train_image(out: Path, split: _Split, classes: list[int], config: TrainConf
         advance(done - last[0])
         last[0] = done
 
-    payloads = [split.records[i].image_path.read_bytes() for i in rows]
-    features = extract_features_onnx(out / "image_encoder.onnx", payloads, params, progress=progress)
-    ok = ~np.isnan(features).any(axis=1)
-    rows, features = np.asarray(rows)[ok], features[ok]
-    head, head_oof = fit_head(features, split.y[rows], config.image_head, list(range(len(classes))),
-                              seed=config.seed)
+    paths = [split.records[i].image_path for i in rows]
+    key = cache_key("image", {"encoder": "efficientnet-lite0", "preprocessing": params.to_dict()}, image_inputs(paths))
+    found = cached_array(config.cache_dir, key, lambda: extract_features_onnx(
+        out / "image_encoder.onnx", [p.read_bytes() for p in paths], params, progress=progress))
+    ok = ~np.isnan(found).any(axis=1)
+    features = np.zeros((len(split.records), found.shape[1]), dtype=np.float32)
+    features[np.asarray(rows)[ok]] = found[ok]
+    has_image[np.asarray(rows)[ok]] = True
+    spec = ImageSpec(encoder="image_encoder.onnx", head="image_head.onnx", classes=[], preprocessing=params.to_dict())
+    return spec, features, has_image
+
+
+def _fit_image_head(out: Path, spec: ImageSpec, features: np.ndarray, y_index: np.ndarray, classes: list[int],
+                    config: TrainConfig) -> tuple[ImageSpec, object]:
+    head = make_head(config.image_head).fit(features, y_index)
     export_classifier(head, features.shape[1], out / "image_head.onnx")
-    oof[rows], has_image[rows] = head_oof, True
-    spec = ImageSpec(encoder="image_encoder.onnx", head="image_head.onnx",
-                     classes=[classes[i] for i in head_classes(head)], preprocessing=params.to_dict())
-    return spec, oof, has_image
+    return spec.model_copy(update={"classes": [classes[i] for i in head_classes(head)]}), head
 
 
 def _export_fusion(out: Path, fusion: FusionFit) -> FusionSpec:
@@ -445,6 +610,50 @@ def score_records(runtime: ModelRuntime, records: list[ListingRecord], advance: 
     )
 
 
+def serving_parity(runtime: ModelRuntime, heads: dict, fusion: FusionFit, records: list[ListingRecord]) -> dict:
+    """The fused probabilities of ``records`` from the in-memory training models (scikit-learn heads,
+    the training-side fusion) against the served version (ONNX graphs, the numpy featurizer,
+    ``inference.fusion``): the largest absolute difference. The encoders' own ONNX-against-torch
+    agreement is tested with them; here their ONNX outputs feed both sides."""
+    from inference.fusion import safe_log
+
+    if not records:
+        return {"rows": 0, "max_abs_diff": 0.0}
+    texts = [ListingText.of(r.designation, r.description) for r in records]
+    images = [decode_image(r.image_path.read_bytes()) if r.image_path is not None and runtime.has_image_model
+              else None for r in records]
+    served = runtime.predict(texts, images).probs
+    n, n_classes = len(records), len(runtime.classes)
+    tfidf = heads["tfidf"]
+    probs = {"tfidf": expand_to_classes(tfidf.predict_proba([t.title_weighted for t in texts]), tfidf.classes,
+                                        list(range(n_classes)))}
+    present = {"tfidf": np.ones(n, dtype=bool)}
+    if "e5" in heads:
+        embeddings = runtime.embed_e5([t.full for t in texts])
+        spec = runtime.manifest.e5
+        features = (joint_features(tfidf.features([t.title_weighted for t in texts]), embeddings, spec.embedding_scale)
+                    if spec.head_input == "tfidf+embedding" else embeddings)
+        head = heads["e5"]
+        probs["e5"] = expand_to_classes(head.predict_proba(features), [int(c) for c in head.classes_],
+                                        list(range(n_classes)))
+        present["e5"] = np.ones(n, dtype=bool)
+    if "image" in heads:
+        has = np.asarray([i is not None for i in images], dtype=bool)
+        probs["image"] = np.full((n, n_classes), 1.0 / n_classes)
+        if has.any():
+            head = heads["image"]
+            features = runtime.image_features([images[i] for i in np.flatnonzero(has)])
+            probs["image"][has] = expand_to_classes(head.predict_proba(features), [int(c) for c in head.classes_],
+                                                    list(range(n_classes)))
+        present["image"] = has
+    log_probs = {m: safe_log(p) for m, p in probs.items()}
+    if fusion.method == "weighted":
+        trained, _ = fuse_weighted(log_probs, present, fusion.weights)
+    else:
+        trained = fusion.stacker.predict_proba(stacker_features(log_probs, present, fusion.modalities))
+    return {"rows": n, "max_abs_diff": float(np.abs(trained - served).max())}
+
+
 def _int8_cost(out: Path, runtime: ModelRuntime, split: _Split) -> dict:
     """e5 head accuracy with the fp32 encoder versus the int8 one, on the held-out rows."""
     import onnxruntime as ort
@@ -455,7 +664,8 @@ def _int8_cost(out: Path, runtime: ModelRuntime, split: _Split) -> dict:
     texts = split.full_texts
     fp32 = embed_in_batches(session, runtime.tokenizer, texts)
     int8 = np.vstack([runtime.embed_e5(texts[i : i + 64]) for i in range(0, len(texts), 64)])
-    pred = {k: runtime.e5_head_probabilities(v).argmax(axis=1) for k, v in (("fp32", fp32), ("int8", int8))}
+    pred = {k: runtime.e5_head_probabilities(v, split.texts).argmax(axis=1)
+            for k, v in (("fp32", fp32), ("int8", int8))}
     cosine = float(np.mean(np.sum(fp32 * int8, axis=1)))
     (out / "e5_encoder_fp32.onnx").unlink()  # served int8; fp32 is not kept in the version
     return {"weighted_f1_fp32": weighted_f1(split.y, pred["fp32"]),

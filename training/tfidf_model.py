@@ -86,17 +86,19 @@ def _classifier(params: TfidfParams, n_samples_smallest_class: int) -> Calibrate
 
 
 def fit_tfidf(texts: Sequence[str], labels: np.ndarray, params: TfidfParams = TfidfParams(),
-              oof_folds: int = 5, seed: int = 0) -> tuple[TfidfModel, np.ndarray]:
-    """Fit on all rows; also return out-of-fold probabilities (for fitting the fusion)."""
+              oof_folds: int = 5, seed: int = 0) -> tuple[TfidfModel, np.ndarray | None]:
+    """Fit on all rows; also return out-of-fold probabilities over ``oof_folds`` folds (None for 0)."""
     vectorizers = _vectorizers(params)
     X = sparse.hstack([v.fit_transform(texts) for v in vectorizers]).tocsr().astype(np.float32)
     smallest = int(np.bincount(np.unique(labels, return_inverse=True)[1]).min())
     classifier = _classifier(params, smallest)
-    folds = max(2, min(oof_folds, smallest))
-    with expected_worker_restarts():
-        oof = cross_val_predict(_classifier(params, smallest - smallest // folds), X, labels,
-                                cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
-                                method="predict_proba", n_jobs=2)
+    oof = None
+    if oof_folds:  # 0: the caller makes its own out-of-fold predictions (training.crossval)
+        folds = max(2, min(oof_folds, smallest))
+        with expected_worker_restarts():
+            oof = cross_val_predict(_classifier(params, smallest - smallest // folds), X, labels,
+                                    cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+                                    method="predict_proba", n_jobs=2)
     classifier.fit(X, labels)
     blocks = [TfidfBlock(name, {t: int(i) for t, i in v.vocabulary_.items()}, v.idf_.astype(np.float64))
               for name, v in zip(("word", "char"), vectorizers, strict=True)]

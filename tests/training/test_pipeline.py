@@ -51,6 +51,30 @@ def test_a_version_holds_the_reference_profile_of_its_held_out_predictions(tiny_
     assert any(r.has_image for r in profile.rows)  # the tiny subset prefers rows with an image
 
 
+def test_a_version_reports_out_of_fold_figures_with_their_spread_and_its_cascade_threshold(tiny_model):
+    manifest = read_manifest(tiny_model)
+    kfold = manifest.metrics["kfold"]
+    assert kfold["n_folds"] == 5 and kfold["n_rows"] == manifest.parameters["n_train"]
+    assert set(kfold["models"]) == {"tfidf", "image", "fused"}
+    for figures in kfold["models"].values():
+        assert len(figures["weighted_f1_folds"]) == 5
+        assert 0 < figures["weighted_f1"]["mean"] <= 1 and figures["weighted_f1"]["std"] >= 0
+        assert 0 <= figures["ece"] <= 1
+    cascade = manifest.cascade
+    assert set(cascade) == {"threshold", "cheap_model", "oof_weighted_f1_all", "oof_weighted_f1_cascade", "cheap_share"}
+    assert cascade["cheap_model"] == "tfidf" and 0 <= cascade["cheap_share"] <= 1
+    assert cascade["oof_weighted_f1_cascade"] >= cascade["oof_weighted_f1_all"] - 0.003 - 1e-4
+    assert cascade["oof_weighted_f1_all"] == kfold["models"]["fused"]["pooled_weighted_f1"]
+    report = (tiny_model / "report.md").read_text()
+    assert "Out of fold (5-fold stratified" in report and "± " in report and "### Cascade" in report
+    assert {"oof_confusion_matrix.png", "oof_reliability.png"} <= set(manifest.files)
+
+
+def test_the_served_version_gives_the_fused_probabilities_training_computed(tiny_model):
+    parity = read_manifest(tiny_model).metrics["serving_parity"]
+    assert parity["rows"] == 8 and parity["max_abs_diff"] < 1e-4
+
+
 def test_a_tampered_artifact_is_refused(tiny_model, tmp_path):
     copy = copy_as_new_version(tiny_model, tmp_path, "tampered")
     with open(copy / "image_head.onnx", "ab") as handle:
