@@ -148,3 +148,93 @@ def test_a_kafka_flush_that_does_not_confirm_every_record_commits_nothing():
     cp.tick()
     assert cp.submit(messages(ids(1, 3)))
     assert consumer.committed == {(TOPIC, 0): 3}
+
+
+class TransactionalProducer:
+    """A stub producer that records its transaction calls; ``fail_commit`` makes the next commits fail."""
+
+    def __init__(self, journal: list, fail_commit: object | None = None) -> None:
+        from tests.stream_workers.stubs import StubProducer
+
+        self.journal, self.fail_commit, self._records = journal, fail_commit, StubProducer()
+
+    def init_transactions(self, timeout: float) -> None:
+        self.journal.append("init")
+
+    def begin_transaction(self) -> None:
+        self.journal.append("begin")
+
+    def produce(self, *args, **kwargs) -> None:
+        self._records.produce(*args, **kwargs)
+
+    def poll(self, timeout: float = 0) -> int:
+        return 0
+
+    def flush(self, timeout: float = 0) -> int:
+        self.journal.append("flush")
+        return self._records.flush()
+
+    def send_offsets_to_transaction(self, offsets, metadata, timeout: float) -> None:
+        self.journal.append(("offsets", [(tp.partition, tp.offset) for tp in offsets]))
+
+    def commit_transaction(self, timeout: float) -> None:
+        if self.fail_commit is not None:
+            error, self.fail_commit = self.fail_commit, None
+            from confluent_kafka import KafkaException
+
+            raise KafkaException(error)
+        self.journal.append("commit")
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.journal.append("abort")
+
+
+def transactional_checkpoint(journal: list, fail_commit=None):
+    from stream_workers.checkpoint import Transactions
+    from stream_workers.sinks import ResultWriter
+
+    writer = ResultWriter(TransactionalProducer(journal, fail_commit), None, "predictions", "dlq")
+    writer.write_database = lambda outcome: journal.append("database")
+    consumer = StubConsumer()
+    replacements = []
+
+    def make_producer():
+        replacements.append(TransactionalProducer(journal))
+        return replacements[-1]
+
+    transactions = Transactions(make_producer, consumer, writer)
+    cp = Checkpoint(consumer, StubProcessor(), writer, PrometheusObserver(), Backoff(0.0, 0.0), pipelined=False,
+                    transactions=transactions)
+    return cp, consumer, replacements
+
+
+def test_exactly_once_puts_the_records_and_the_offsets_in_one_transaction_after_the_database():
+    journal: list = []
+    cp, consumer, _ = transactional_checkpoint(journal)
+    assert cp.submit(messages(ids(1, 3), first_offset=4))
+    assert journal == ["init", "database", "begin", "flush", ("offsets", [(0, 7)]), "commit"]
+    assert consumer.committed == {}, "the offsets are committed by the transaction, not by the consumer"
+
+
+def test_exactly_once_a_failed_transaction_is_aborted_and_the_batch_redone():
+    from confluent_kafka import KafkaError
+
+    journal: list = []
+    cp, consumer, _ = transactional_checkpoint(journal, fail_commit=KafkaError(KafkaError._TIMED_OUT, "slow"))
+    assert not cp.submit(messages(ids(1, 2)))
+    assert journal[-1] == "abort" and consumer.position_of(0) == 0
+    cp.tick()
+    assert cp.submit(messages(ids(1, 2))) and journal[-1] == "commit"
+
+
+def test_exactly_once_a_fatal_error_replaces_the_producer():
+    from confluent_kafka import KafkaError
+
+    journal: list = []
+    cp, _, replacements = transactional_checkpoint(
+        journal, fail_commit=KafkaError(KafkaError._FENCED, "fenced", fatal=True))
+    assert not cp.submit(messages(ids(1, 2)))
+    assert len(replacements) == 1 and cp.writer.producer is replacements[0]
+    assert journal.count("init") == 2 and "abort" not in journal
+    cp.tick()
+    assert cp.submit(messages(ids(1, 2))) and journal[-1] == "commit"
