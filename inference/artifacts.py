@@ -58,6 +58,8 @@ class FusionSpec(BaseModel):
     stacker: str | None = None
     stacker_coef: str | None = None
     modalities: list[str] = Field(default_factory=list, description="order of the stacker's input blocks")
+    confidence_map: dict[str, list[float]] | None = Field(
+        None, description="isotonic knots x -> y for the fused top probability (fitted out of fold); none: as fused")
 
 
 class Manifest(BaseModel):

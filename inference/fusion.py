@@ -85,3 +85,26 @@ def expand_to_classes(probs: np.ndarray, head_classes: Sequence[int], classes: S
     position = {c: i for i, c in enumerate(classes)}
     full[:, [position[c] for c in head_classes]] = probs
     return full / full.sum(axis=1, keepdims=True)
+
+
+def recalibrate_confidence(probs: np.ndarray, confidence_map: Mapping[str, Sequence[float]] | None) -> np.ndarray:
+    """The top probability of each row mapped through ``confidence_map`` (knots ``x`` -> ``y``,
+    linear in between, fitted out of fold by training), the other classes rescaled to sum to 1.
+
+    The decision never changes: the top class keeps at least its lead over the second.
+    """
+    if not confidence_map or len(probs) == 0:
+        return probs
+    rows = np.arange(len(probs))
+    chosen = probs.argmax(axis=1)
+    top = probs[rows, chosen]
+    second = np.partition(probs, -2, axis=1)[:, -2] if probs.shape[1] > 1 else np.zeros(len(probs))
+    target = np.interp(top, confidence_map["x"], confidence_map["y"])
+    rest = 1.0 - top
+    # after rescaling, the second is second * (1 - target) / rest: keep it below the top
+    floor = np.divide(second, rest + second, out=np.zeros_like(top), where=(rest + second) > 0) + 1e-6
+    target = np.clip(np.maximum(target, floor), 0.0, 1.0)
+    scale = np.divide(1.0 - target, rest, out=np.zeros_like(rest), where=rest > 0)
+    out = probs * scale[:, None]
+    out[rows, chosen] = target
+    return out / out.sum(axis=1, keepdims=True)

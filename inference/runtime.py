@@ -26,6 +26,7 @@ from inference.features.tfidf import SparseLinearClassifier, TfidfFeaturizer
 from inference.fusion import (
     expand_to_classes,
     fuse_weighted,
+    recalibrate_confidence,
     safe_log,
     stacker_contributions,
     stacker_features,
@@ -201,12 +202,13 @@ class ModelRuntime:
         spec = self.manifest.fusion
         log_probs = {m: safe_log(p) for m, p in modality_probs.items()}
         if spec.method == "weighted":
-            return fuse_weighted(log_probs, present, spec.weights)
-        features = stacker_features(log_probs, present, spec.modalities)
-        probs = self._probabilities(self.stacker, {self.stacker.get_inputs()[0].name: features})
-        contributions = stacker_contributions(features.astype(np.float64), self.stacker_coef, spec.modalities,
-                                              len(self.classes), probs.argmax(axis=1))
-        return probs, contributions
+            probs, contributions = fuse_weighted(log_probs, present, spec.weights)
+        else:
+            features = stacker_features(log_probs, present, spec.modalities)
+            probs = self._probabilities(self.stacker, {self.stacker.get_inputs()[0].name: features})
+            contributions = stacker_contributions(features.astype(np.float64), self.stacker_coef, spec.modalities,
+                                                  len(self.classes), probs.argmax(axis=1))
+        return recalibrate_confidence(probs, spec.confidence_map), contributions
 
 
 def verify_version(artifact_dir: Path | str, registered_files: dict[str, str] | None = None) -> ModelRuntime:

@@ -203,6 +203,51 @@ class OutOfFold:
     folds: np.ndarray
 
 
+def _one_fold(
+    k,
+    texts,
+    y_index,
+    folds,
+    n_classes,
+    tfidf_params,
+    embeddings,
+    e5_head_params,
+    joint_params,
+    image_features,
+    has_image,
+    image_head_params,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every model fitted on the rows outside fold ``k``: {model: (rows of fold k, their probabilities)}."""
+    from scipy import sparse
+    from sklearn.base import clone
+
+    from training.heads import make_head
+    from training.tfidf_model import _classifier, _vectorizers
+
+    train, test = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+    vectorizers = _vectorizers(tfidf_params)
+    x_train = sparse.hstack([v.fit_transform([texts[i] for i in train]) for v in vectorizers]).tocsr()
+    x_test = sparse.hstack([v.transform([texts[i] for i in test]) for v in vectorizers]).tocsr()
+    counts = np.bincount(y_index[train])
+    smallest = int(counts[counts > 0].min())
+    model = _classifier(tfidf_params, smallest).fit(x_train, y_index[train])
+    out = {"tfidf": (test, _in_place(model.predict_proba(x_test), model.classes_, n_classes))}
+    if embeddings is not None:
+        head = make_head(e5_head_params).fit(embeddings[train], y_index[train])
+        out["e5"] = (test, _in_place(head.predict_proba(embeddings[test]), head.classes_, n_classes))
+        if joint_params is not None:
+            joint = clone(_classifier(tfidf_params, smallest)).set_params(estimator__C=joint_params.svm_c)
+            joint.fit(joint_features(x_train, embeddings[train], joint_params.e5_scale), y_index[train])
+            j_test = joint_features(x_test, embeddings[test], joint_params.e5_scale)
+            out["joint"] = (test, _in_place(joint.predict_proba(j_test), joint.classes_, n_classes))
+    if image_features is not None:
+        i_train, i_test = train[has_image[train]], test[has_image[test]]
+        if len(i_test) and len(np.unique(y_index[i_train])) >= 2:
+            head = make_head(image_head_params).fit(image_features[i_train], y_index[i_train])
+            out["image"] = (i_test, _in_place(head.predict_proba(image_features[i_test]), head.classes_, n_classes))
+    return out
+
+
 def out_of_fold(
     texts: Sequence[str],
     y_index: np.ndarray,
@@ -216,16 +261,16 @@ def out_of_fold(
     has_image: np.ndarray | None = None,
     image_head_params=None,
     progress=None,
+    n_jobs: int = 2,
 ) -> OutOfFold:
-    """Every model fitted on k-1 folds (vectorisers included) and predicting the k-th.
+    """Every model fitted on k-1 folds (vectorisers included) and predicting the k-th; the folds run
+    ``n_jobs`` at a time (joblib processes).
 
     ``image_features`` has one row per row of ``texts`` (anything where ``has_image`` is False).
     """
-    from scipy import sparse
-    from sklearn.base import clone
+    from joblib import Parallel, delayed
 
-    from training.heads import make_head
-    from training.tfidf_model import _classifier, _vectorizers
+    from training.parallel import expected_worker_restarts
 
     n = len(y_index)
     probs: dict[str, np.ndarray] = {"tfidf": np.zeros((n, n_classes))}
@@ -237,29 +282,52 @@ def out_of_fold(
     if image_features is not None and has_image is not None and has_image.any():
         probs["image"] = np.full((n, n_classes), 1.0 / n_classes)
         present["image"] = has_image.copy()
+    else:
+        image_features = None
     texts = list(texts)
-    for k in np.unique(folds):
-        train, test = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
-        vectorizers = _vectorizers(tfidf_params)
-        x_train = sparse.hstack([v.fit_transform([texts[i] for i in train]) for v in vectorizers]).tocsr()
-        x_test = sparse.hstack([v.transform([texts[i] for i in test]) for v in vectorizers]).tocsr()
-        counts = np.bincount(y_index[train])
-        smallest = int(counts[counts > 0].min())
-        model = _classifier(tfidf_params, smallest).fit(x_train, y_index[train])
-        probs["tfidf"][test] = _in_place(model.predict_proba(x_test), model.classes_, n_classes)
-        if embeddings is not None:
-            head = make_head(e5_head_params).fit(embeddings[train], y_index[train])
-            probs["e5"][test] = _in_place(head.predict_proba(embeddings[test]), head.classes_, n_classes)
-            if joint_params is not None:
-                joint = clone(_classifier(tfidf_params, smallest)).set_params(estimator__C=joint_params.svm_c)
-                joint.fit(joint_features(x_train, embeddings[train], joint_params.e5_scale), y_index[train])
-                j_test = joint_features(x_test, embeddings[test], joint_params.e5_scale)
-                probs["joint"][test] = _in_place(joint.predict_proba(j_test), joint.classes_, n_classes)
-        if "image" in probs:
-            i_train, i_test = train[has_image[train]], test[has_image[test]]
-            if len(i_test) and len(np.unique(y_index[i_train])) >= 2:
-                head = make_head(image_head_params).fit(image_features[i_train], y_index[i_train])
-                probs["image"][i_test] = _in_place(head.predict_proba(image_features[i_test]), head.classes_, n_classes)
-        if progress is not None:
-            progress(1)
+    jobs = (
+        delayed(_one_fold)(
+            k,
+            texts,
+            y_index,
+            folds,
+            n_classes,
+            tfidf_params,
+            embeddings,
+            e5_head_params,
+            joint_params,
+            image_features,
+            has_image,
+            image_head_params,
+        )
+        for k in np.unique(folds)
+    )
+    with expected_worker_restarts():
+        for result in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(jobs):
+            for name, (rows, fold_probs) in result.items():
+                probs[name][rows] = fold_probs
+            if progress is not None:
+                progress(1)
     return OutOfFold(probs, present, folds)
+
+
+# --- calibration of the fused confidence ---------------------------------------------------------
+def fit_confidence_map(probs: np.ndarray, y_index: np.ndarray) -> dict[str, list[float]]:
+    """An isotonic map from the fused top probability to the observed accuracy (what
+    ``inference.fusion.recalibrate_confidence`` applies): the knots, rounded to 6 decimals."""
+    from sklearn.isotonic import IsotonicRegression
+
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+    iso.fit(probs.max(axis=1), (probs.argmax(axis=1) == y_index).astype(np.float64))
+    return {"x": [round(float(v), 6) for v in iso.X_thresholds_], "y": [round(float(v), 6) for v in iso.y_thresholds_]}
+
+
+def cross_fitted_confidence(probs: np.ndarray, y_index: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """``probs`` with fold k's confidence recalibrated by a map fitted on the other folds."""
+    from inference.fusion import recalibrate_confidence
+
+    out = np.empty_like(probs)
+    for k in np.unique(folds):
+        rows = folds == k
+        out[rows] = recalibrate_confidence(probs[rows], fit_confidence_map(probs[~rows], y_index[~rows]))
+    return out

@@ -26,6 +26,8 @@ class FusionFit:
     stacker: LogisticRegression | None
     modalities: list[str]
     scores: dict[str, dict[str, float]]
+    #: isotonic knots for the fused confidence (set by the pipeline, fitted out of fold)
+    confidence_map: dict[str, list[float]] | None = None
 
 
 def fit_weights(log_probs: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray], y_index: np.ndarray

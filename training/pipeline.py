@@ -27,7 +27,7 @@ from inference.artifacts import E5Spec, FusionSpec, ImageSpec, Manifest, TfidfSp
 from inference.features.images import ImageDecodeError, ImagePreprocessing, decode_image
 from inference.features.text_cleaning import ListingText
 from inference.features.text_embedding import embed_in_batches, load_tokenizer
-from inference.fusion import expand_to_classes, fuse_weighted, stacker_features
+from inference.fusion import expand_to_classes, fuse_weighted, recalibrate_confidence, stacker_features
 from inference.reference_profile import build_profile, write_profile
 from inference.runtime import ModelRuntime
 from inference.scoring import score_batch
@@ -37,7 +37,9 @@ from training.crossval import (
     CascadeChoice,
     JointParams,
     choose_cascade_threshold,
+    cross_fitted_confidence,
     cross_fitted_fusion,
+    fit_confidence_map,
     joint_features,
     kfold_figures,
     out_of_fold,
@@ -305,8 +307,10 @@ def _train_into(out: Path, version: str, dataset: Dataset, snapshot_id: str, con
 
     steps.start(f"fusion: fitting on the out-of-fold predictions of {n_train} rows")
     fusion = fit_fusion(served, present, train_split.y, classes, seed=config.seed)
-    fusion_spec = _export_fusion(out, fusion)
     fused_oof = choice["fused"][choice["e5_head_input"]] if len(served) > 1 else served["tfidf"]
+    fusion.confidence_map = fit_confidence_map(fused_oof, train_split.y)
+    fused_oof = cross_fitted_confidence(fused_oof, train_split.y, folds)  # out of fold, as the figures must be
+    fusion_spec = _export_fusion(out, fusion)
     cascade = (choose_cascade_threshold(oof.probs["tfidf"], fused_oof, train_split.y, config.cascade_max_loss)
                if len(served) > 1 else None)
     kfold = kfold_figures(train_split.y, {**oof.probs, "fused": fused_oof}, oof.present, has_image, folds)
@@ -434,7 +438,7 @@ def kfold_only(config: TrainConfig, progress: Progress | None = None) -> KfoldRe
                       joint_params=config.joint if config.use_e5 else None, image_features=image_features,
                       has_image=has_image, image_head_params=config.image_head, progress=advance)
     choice = _choose_models(oof.probs, oof.present, split.y, folds, config)
-    fused = choice["fused"][choice["e5_head_input"]]
+    fused = cross_fitted_confidence(choice["fused"][choice["e5_head_input"]], split.y, folds)
     figures = kfold_figures(split.y, {**oof.probs, "fused": fused}, oof.present, has_image, folds)
     figures["fused_by_e5_head_input"] = choice["scores"]
     cascade = (choose_cascade_threshold(oof.probs["tfidf"], fused, split.y, config.cascade_max_loss)
@@ -559,7 +563,8 @@ def _fit_image_head(out: Path, spec: ImageSpec, features: np.ndarray, y_index: n
 
 
 def _export_fusion(out: Path, fusion: FusionFit) -> FusionSpec:
-    spec = FusionSpec(method=fusion.method, weights=fusion.weights, modalities=fusion.modalities)
+    spec = FusionSpec(method=fusion.method, weights=fusion.weights, modalities=fusion.modalities,
+                      confidence_map=fusion.confidence_map)
     if fusion.stacker is not None:
         n_features = fusion.stacker.coef_.shape[1]
         export_classifier(fusion.stacker, n_features, out / "fusion_stacker.onnx")
@@ -651,6 +656,7 @@ def serving_parity(runtime: ModelRuntime, heads: dict, fusion: FusionFit, record
         trained, _ = fuse_weighted(log_probs, present, fusion.weights)
     else:
         trained = fusion.stacker.predict_proba(stacker_features(log_probs, present, fusion.modalities))
+    trained = recalibrate_confidence(trained, fusion.confidence_map)
     return {"rows": n, "max_abs_diff": float(np.abs(trained - served).max())}
 
 

@@ -52,3 +52,17 @@ def test_a_head_trained_on_fewer_classes_gets_its_columns_put_in_place():
     assert full.sum() == pytest.approx(1.0)
     assert full[0].argmax() == 1  # class 40
     assert full[0, 2] < 1e-5  # a class the head never saw gets (almost) nothing
+
+
+def test_the_confidence_map_recalibrates_the_top_probability_and_never_changes_the_decision():
+    from inference.fusion import recalibrate_confidence
+
+    fused = probs([0.9, 0.05, 0.05], [0.5, 0.3, 0.2], [0.4, 0.35, 0.25])
+    # observed out of fold: 0.9 is right 97% of the time, 0.5 only 40%
+    mapped = recalibrate_confidence(fused, {"x": [0.3, 0.5, 0.9], "y": [0.2, 0.4, 0.97]})
+    np.testing.assert_allclose(mapped.sum(axis=1), 1)
+    assert mapped[0, 0] == pytest.approx(0.97) and mapped[0, 1] == pytest.approx(0.015)  # the rest rescaled
+    assert mapped[1, 0] == pytest.approx(0.4) and mapped[1, 1] / mapped[1, 2] == pytest.approx(1.5)
+    assert mapped.argmax(axis=1).tolist() == [0, 0, 0]  # 0.4 -> 0.35 would put class 1 first: kept ahead
+    assert mapped[2, 0] > mapped[2, 1]
+    assert recalibrate_confidence(fused, None) is fused
