@@ -31,7 +31,7 @@ from training.tfidf_model import TfidfParams
 
 pytestmark = pytest.mark.slow
 
-TEXT_ONLY = {"use_e5": False, "use_image": False,
+TEXT_ONLY = {"use_e5": False, "use_image": False, "folds": 2,
              "tfidf": TfidfParams(max_word_features=5_000, max_char_features=8_000, calibration_folds=2)}
 
 
