@@ -72,6 +72,11 @@ app.command("demo")(demo.demo)
 from rakuten_cli import http_commands  # noqa: E402
 
 app.command("serve")(http_commands.serve)
+# -- the drift consumer and its reports --
+from rakuten_cli import drift_commands  # noqa: E402
+
+app.command("drift-consumer")(drift_commands.drift_consumer)
+app.add_typer(drift_commands.drift_app, name="drift")
 
 
 def run() -> None:

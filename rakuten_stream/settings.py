@@ -222,7 +222,9 @@ class DriftSettings(BaseSettings):
     label_backlog: int = Field(10_000, ge=1, description="new labels that ask for a retrain by themselves")
     cooldown_seconds: int = Field(3600, ge=1, description="at most one retrain request per model version per cooldown")
     episode_end_windows: int = Field(3, ge=1, description="healthy windows in a row that end a drift episode")
-    html_reports: bool = Field(True, description="store Evidently's HTML report of every window (gzip)")
+    evidently: bool = Field(True, description="compare every judged window with the reference through Evidently")
+    html_reports: Literal["alarms", "all", "none"] = Field(
+        "alarms", description="which windows keep Evidently's HTML report (gzip, about 1 MB each)")
     metrics_port: int = Field(9109, ge=0, description="Prometheus port of the drift consumer; 0 disables it")
 
     @property

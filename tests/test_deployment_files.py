@@ -37,7 +37,7 @@ VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["versi
 
 # Subcommands and settings other engineers are adding (issue 10: the drift consumer; issue 11: the
 # HTTP service): the deployment may name them before they exist.
-PLANNED_COMMANDS: set[str] = {"drift-consumer"}
+PLANNED_COMMANDS: set[str] = set()
 METRICS_PORT = 9108
 HTTP_PORT = 8000
 #: the worker's probes next to /metrics (issue 8): live = the loop makes progress, ready = model + sinks
