@@ -47,6 +47,7 @@ def drift_consumer(
     gate = RetrainGate(
         redis.Redis.from_url(settings.cache.redis_url.get_secret_value(), socket_timeout=5),
         settings.drift.cooldown_seconds,
+        prefix=f"rakuten:drift:retrain:{settings.drift.app_id}",  # shared by the consumers of one group
     )
     judge = WindowJudge(settings, make_engine(url), gate, metrics)
     console.print(

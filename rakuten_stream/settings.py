@@ -225,7 +225,7 @@ class DriftSettings(BaseSettings):
     evidently: bool = Field(True, description="compare every judged window with the reference through Evidently")
     html_reports: Literal["alarms", "all", "none"] = Field(
         "alarms", description="which windows keep Evidently's HTML report (gzip, about 1 MB each)")
-    metrics_port: int = Field(9109, ge=0, description="Prometheus port of the drift consumer; 0 disables it")
+    metrics_port: int = Field(9108, ge=0, description="Prometheus port of the drift consumer; 0 disables it")
 
     @property
     def data_dir(self) -> Path:

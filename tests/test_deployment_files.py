@@ -27,6 +27,7 @@ from cloudcoil.models.keda import v1alpha1 as keda
 from rakuten_cli.main import app
 from rakuten_stream.metrics import PrometheusObserver, RetrainMetrics
 from rakuten_stream.settings import Settings
+from stream_workers.drift.monitor import DriftMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -211,7 +212,8 @@ def test_prometheus_scrapes_every_role_on_the_metrics_port(compose):
 def metric_series() -> set[str]:
     """Every series name the service exports (counters end in _total, histograms in _bucket/_sum/_count)."""
     names = set()
-    families = [*PrometheusObserver().registry.collect(), *RetrainMetrics().registry.collect()]
+    families = [*PrometheusObserver().registry.collect(), *RetrainMetrics().registry.collect(),
+                *DriftMetrics().registry.collect()]
     for family in families:
         if family.type == "counter":
             names.add(family.name + "_total")

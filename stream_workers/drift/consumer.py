@@ -7,6 +7,7 @@ when an episode asks for one and the gate lets it through, the ``retrain-request
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -69,6 +70,12 @@ class ClosedWindow:
     triggers: list[str] = field(default_factory=list)
 
 
+def report_id_for(app_id: str, version: str, seq: int) -> str:
+    """``<version>-<app>-w<seq>``: unique per consumer group (``app``: 6 hex digits of its id), at most 64 chars."""
+    app = hashlib.sha1(app_id.encode()).hexdigest()[:6]
+    return f"{version[:48]}-{app}-w{seq:06d}"
+
+
 class WindowJudge:
     def __init__(
         self, settings: Settings, engine: Engine, gate: triggers.RetrainGate | None, metrics: DriftMetrics
@@ -124,7 +131,7 @@ class WindowJudge:
         """Judge a closed window; blocking (Evidently, the database, Redis): run it in a thread."""
         s = self.settings.drift
         window_id = f"{version}#{seq}"
-        report_id = f"{version}-w{seq:06d}"
+        report_id = report_id_for(self.settings.drift.app_id, version, seq)
         start = datetime.fromtimestamp(header["first_at"], UTC)
         end = datetime.fromtimestamp(header["last_at"], UTC)
         figures = window_figures(rows)
@@ -173,7 +180,7 @@ class WindowJudge:
                 step.episode_id if reason != triggers.LABEL_BACKLOG else f"{version}#labels{state.backlog_round}"
             )
             request_id = triggers.request_id_for(episode_id)
-            if self.gate is None or self.gate.acquire(version, request_id):
+            if self._acquire(version, request_id):
                 request = RetrainRequest(
                     request_id=request_id,
                     reason=reason,
@@ -202,7 +209,7 @@ class WindowJudge:
                     state.requested = True
                 state.labels_since_request = 0
             else:
-                figures["request_suppressed"] = f"cooldown: {self.gate.holder(version)} holds it"
+                figures["request_suppressed"] = "cooldown: another request holds the gate"
                 self.metrics.suppressed.inc()
         html_gz = None
         if evidently_on and (s.html_reports == "all" or (s.html_reports == "alarms" and fired)):
@@ -244,6 +251,15 @@ class WindowJudge:
         )
         self._observe(version, row, figures, fired, request, closed_by)
         return ClosedWindow(row, report, request, state, fired)
+
+    def _acquire(self, version: str, request_id: str) -> bool:
+        if self.gate is None:
+            return True
+        try:
+            return self.gate.acquire(version, request_id)
+        except Exception as exc:  # Redis down: this consumer's episode state still raises one request per episode
+            log.warning("retrain gate unavailable (%s): the request goes out without the cross-consumer lock", exc)
+            return True
 
     def _observe(
         self,
