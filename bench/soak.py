@@ -5,7 +5,7 @@
 Real components: an embedded noida-db broker and a private PostgreSQL (both started here, in a
 temporary folder, on free ports), the machine's Redis (never stopped; keys expire after 10 min),
 and the worker as it is on this branch, run as its own process (``rakuten-stream worker``). The
-model is TF-IDF only (trained here on the sample unless ``--model`` names a version directory).
+model is TF-IDF only (trained once on the sample into var/bench/soak-model unless ``--model`` names one).
 
 1. Capacity: a backlog of unique text listings, drained by the worker; capacity = listings / seconds.
 2. Steady phase (first half of ``--minutes``): unique listings at ``--load`` (0.8) of that capacity.
@@ -41,7 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from confluent_kafka import TopicPartition  # noqa: E402
+from confluent_kafka import KafkaException, TopicPartition  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
 from inference import registry  # noqa: E402
@@ -149,9 +149,13 @@ class Sampler(threading.Thread):
 
 # --- helpers ---------------------------------------------------------------------------------------------
 def tfidf_model(data: Path, out: Path) -> Path:
+    """A TF-IDF-only version trained on the sample, kept in ``out`` for the next run."""
     from training.pipeline import TrainConfig, train
 
-    print("training a TF-IDF-only model on the sample ...", flush=True)
+    found = sorted(p.parent for p in out.glob("*/manifest.json"))
+    if found:
+        return found[-1]
+    print(f"training a TF-IDF-only model on the sample into {out} (once) ...", flush=True)
     return train(TrainConfig(data=data, model_dir=out, use_e5=False, use_image=False)).artifact_dir
 
 
@@ -276,7 +280,8 @@ def plot(out: Path, rows, samples: Samples, phases: dict[str, tuple[float, float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0, help="steady + fault phases together")
-    parser.add_argument("--model", type=Path, help="a model version directory (default: train TF-IDF only here)")
+    parser.add_argument("--model", type=Path,
+                        help="a model version directory (default: TF-IDF only, trained once into var/bench/soak-model)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--load", type=float, default=0.8, help="fraction of the measured capacity")
     parser.add_argument("--capacity-n", type=int, default=3000, help="backlog listings for the capacity phase")
@@ -289,7 +294,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="soak-"))
     tmp.chmod(0o755)  # the private PostgreSQL runs as postgres
     records = load_dataset(args.data).records
-    model_dir = args.model or tfidf_model(args.data, tmp / "models")
+    model_dir = args.model or tfidf_model(args.data, REPO / "var" / "bench" / "soak-model")
     broker = EmbeddedBroker(free_port(), tmp / "broker").start()
     pg = PrivatePostgres(tmp).init()
     worker = None
@@ -334,8 +339,16 @@ def main() -> None:
         published = {"acked": 0}
 
         def publish() -> None:
-            with Publisher(settings, images="none", flush_timeout_s=120) as p:
-                published["acked"] = p.publish(listings.take(None, stop), rate=rate).sent
+            # a broker crash forgets the last idempotent sequence numbers it acknowledged: the producer's
+            # next request is refused as out of order, a fatal error. A producer application starts a new one.
+            while not stop.is_set():
+                with Publisher(settings, images="none", flush_timeout_s=120) as p:
+                    try:
+                        p.publish(listings.take(None, stop), rate=rate)
+                    except KafkaException as exc:
+                        samples.mark(f"publisher: {exc.args[0].str()[:60]}...; a new producer goes on")
+                    finally:
+                        published["acked"] += p.last_summary.sent if p.last_summary else 0
 
         first_soak_id = listings.next_id
         publisher = threading.Thread(target=publish, daemon=True)
