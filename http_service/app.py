@@ -34,7 +34,8 @@ from http_service.predictor import Predictor
 from http_service.publishing import TopicWriter
 from http_service.service import Service
 from rakuten_stream.cache import PredictionCache
-from rakuten_stream.database import make_engine
+from rakuten_stream.database import make_engine, ping
+from rakuten_stream.health import DependencyChecks
 from rakuten_stream.kafka import ensure_topics, make_admin
 from rakuten_stream.settings import Settings
 
@@ -54,8 +55,11 @@ def create_app(settings: Settings, *, batching: bool = True, engine: Engine | No
         cache = None
         if settings.cache.enabled:
             cache = PredictionCache(settings.cache.redis_url.get_secret_value(), settings.cache.ttl_seconds)
-            metrics.service.cache_health(cache.ping())
         predictor = await asyncio.to_thread(Predictor, settings, db, metrics.service, cache)
+        # as in the worker: Redis and the database asked now and then, the gauges follow them down and up
+        checks = DependencyChecks(metrics.service, settings.worker.health_check_every_s, database=lambda: ping(db),
+                                  cache=cache.ping if cache is not None else None)
+        await asyncio.to_thread(checks.start)
         h = settings.http
         batcher = DynamicBatcher(predictor.run_batch, max_items=h.batch_max_listings if batching else 1,
                                  max_wait_ms=h.batch_max_wait_ms if batching else 0, on_batch=metrics.record_batch)
@@ -70,6 +74,7 @@ def create_app(settings: Settings, *, batching: bool = True, engine: Engine | No
         try:
             yield
         finally:
+            checks.close()
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watch

@@ -209,10 +209,19 @@ class Checkpoint:
         log.info("retrying from %s", {f"{t}[{p}]": o for (t, p), o in sorted(rewind.items())})
 
     def forget(self, partitions: list) -> None:
-        """Partitions revoked or lost: no longer ours to pause or resume."""
+        """Partitions revoked or lost: no longer ours to retry. A paused one is resumed on the way out:
+        librdkafka keeps a partition paused across an unassign and a new assign, so one that comes back
+        (a broker restart: lost, then assigned again) would otherwise never be fetched again."""
+        paused = [TopicPartition(tp.topic, tp.partition) for tp in partitions
+                  if (tp.topic, tp.partition) in self._rewind]
         for tp in partitions:
             self._rewind.pop((tp.topic, tp.partition), None)
         self.health.paused = frozenset(self._rewind)
+        if paused:
+            try:
+                self.consumer.resume(paused)
+            except KafkaException as exc:  # gone already: nothing to resume
+                log.info("resume of forgotten partitions: %s", exc)
         self.observer.partitions_resumed([(tp.topic, tp.partition) for tp in partitions])  # not paused by us now
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ import urllib.request
 
 import pytest
 import redis
+from confluent_kafka import TopicPartition
 
 from rakuten_stream.database import make_engine, upgrade
 from rakuten_stream.embedded_broker import free_port
@@ -198,3 +199,15 @@ def test_a_worker_without_a_model_is_live_but_not_ready_and_says_why(settings):
         assert status == 503 and body["reasons"][0].startswith("no model loaded: no production model")
         assert body["model"] is None
         assert get(server.port, "/healthz")[0] == 200  # waiting for a model is not being stuck
+
+
+def test_a_partition_paused_for_a_retry_and_then_lost_is_resumed_so_it_is_fetched_when_it_comes_back():
+    """Found by bench/soak.py: a broker restart made the worker lose its partitions while one was
+    paused for a retry; librdkafka keeps a pause across unassign + assign, the checkpoint forgot it
+    without resuming, and that partition was never fetched again (lag stuck, readiness green)."""
+    sink, consumer = FlakySink(down=1), StubConsumer()
+    cp = Checkpoint(consumer, StubProcessor(), sink, RecordingObserver(), Backoff(60.0, 60.0), pipelined=False)
+    assert not cp.submit(messages([b"1", b"2"], partition=2))
+    assert consumer.paused == {(TOPIC, 2)}
+    cp.forget([TopicPartition(TOPIC, 2)])  # on_lost
+    assert consumer.paused == set() and cp.health.paused == frozenset()
