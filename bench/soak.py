@@ -97,12 +97,15 @@ class Samples:
     lag: list[tuple[float, int | None]] = field(default_factory=list)
     rss_mb: list[tuple[float, float]] = field(default_factory=list)
     events: list[tuple[float, str]] = field(default_factory=list)
+    labels: list[tuple[float, str]] = field(default_factory=list)  # the short ones, drawn on the plots
 
     def now(self) -> float:
         return time.monotonic() - self.t0
 
-    def mark(self, what: str) -> None:
+    def mark(self, what: str, label: str | None = None) -> None:
         self.events.append((self.now(), what))
+        if label is not None:
+            self.labels.append((self.now(), label))
         print(f"[{self.now():7.1f} s] {what}", flush=True)
 
 
@@ -223,7 +226,7 @@ def plot(out: Path, rows, samples: Samples, phases: dict[str, tuple[float, float
     import matplotlib.pyplot as plt
 
     def decorate(ax, title: str, ylabel: str) -> None:
-        for t, what in samples.events:
+        for t, what in samples.labels:
             ax.axvline(t, color="grey", linestyle=":", linewidth=1)
             ax.text(t, ax.get_ylim()[1], what, rotation=90, va="top", ha="right", fontsize=7, color="grey")
         for name, (a, _) in phases.items():
@@ -358,18 +361,18 @@ def main() -> None:
         fault_from = samples.now()
         samples.mark("fault phase")
         time.sleep(half * 0.15)
-        samples.mark("broker killed (SIGKILL)")
+        samples.mark("broker killed (SIGKILL)", "broker killed")
         os.killpg(broker._process.pid, signal.SIGKILL)
         broker._process.wait()
         broker._process = None
         broker.start(timeout_s=60)
-        samples.mark("broker restarted")
+        samples.mark("broker restarted", "broker up")
         time.sleep(max(1.0, half * 0.45 - (samples.now() - fault_from)))
-        samples.mark("PostgreSQL stopped")
+        samples.mark("PostgreSQL stopped", "PostgreSQL stopped")
         pg.stop("immediate")
         time.sleep(args.db_outage_s)
         pg.start()
-        samples.mark("PostgreSQL started")
+        samples.mark("PostgreSQL started", "PostgreSQL up")
         time.sleep(max(0.0, fault_from + half - samples.now()))
         stop.set()
         publisher.join(300)
@@ -377,7 +380,8 @@ def main() -> None:
         drain_from = samples.now()
         samples.mark(f"publishing stopped ({published['acked']} acknowledged); draining")
         drained = wait_for(lambda: sampler.last_lag == 0, 300, 0.5)
-        samples.mark("lag 0" if drained else "lag NOT 0 after 300 s")
+        drained_after = samples.now() - drain_from
+        samples.mark(f"lag 0 after {drained_after:.0f} s" if drained else "lag NOT 0 after 300 s")
         time.sleep(2)  # a last lag sample at 0, then stop the worker cleanly
         worker.send_signal(signal.SIGTERM)
         worker.wait(120)
@@ -412,6 +416,10 @@ def main() -> None:
         soak_ids = set(range(first_soak_id, last_soak_id))
         for name, (a, b) in phases.items():
             if name == "capacity":
+                continue
+            if name == "drain":
+                print(f"drain    lag 0 {drained_after:.0f} s after publishing stopped" if drained
+                      else "drain    lag NOT 0 300 s after publishing stopped")
                 continue
             span = [r for r in rows if r.productid in soak_ids and a <= r.event_time.timestamp() - t0_wall < b]
             lat = [(r.predicted_at - r.event_time).total_seconds() for r in span]
