@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,8 @@ class Release:
 
 def train_and_release(settings: Settings, engine: Engine, config: TrainConfig, promote: bool = True,
                       progress: Progress | None = None, labeled: LabeledData | None = None,
-                      min_improvement: float = 0.0) -> Release:
+                      min_improvement: float = 0.0,
+                      on_registered: Callable[[TrainResult], None] | None = None) -> Release:
     """Train on ``config.data`` (a folder, then loaded into the database, so that retraining starts from it)
     or on ``labeled`` (the database's labeled rows), record the snapshot, register with the training rows,
     gate and announce."""
@@ -52,6 +54,8 @@ def train_and_release(settings: Settings, engine: Engine, config: TrainConfig, p
         load_into_database(engine, load_dataset(config.data, limit=config.limit))  # idempotent, with the snapshot
     registry.register(engine, read_manifest(result.artifact_dir), result.artifact_dir, result.snapshot_id,
                       training_rows=result.train_productids, held_out_rows=result.held_out_productids)
+    if on_registered is not None:
+        on_registered(result)
     decision: dict = {}
     announced = False
     if promote:

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
+from inference.artifacts import read_manifest
 from rakuten_stream.database import session_scope
 from rakuten_stream.kafka import ensure_topics, make_consumer
 from rakuten_stream.metrics import RetrainMetrics
@@ -145,15 +146,18 @@ class RetrainWorker:
 
         sticky = production_split(self.engine) is not None
         config = TrainConfig(data=None, model_dir=self.settings.models.dir, **self.config_overrides)
+
+        def trained(result) -> None:
+            self._step(job_id, {"step": "train", "version": result.version, "snapshot_id": result.snapshot_id,
+                                "train_rows": len(result.train_productids), "held_out_rows": len(result.test_records),
+                                "split": "production's rows kept on their side, new rows by hash" if sticky
+                                         else "stratified",
+                                "weighted_f1_held_out": result.metrics.get("weighted_f1"),
+                                "models": read_manifest(result.artifact_dir).modalities})
+
         release = train_and_release(self.settings, self.engine, config, labeled=labeled,
-                                    min_improvement=self.settings.retrain.min_improvement)
+                                    min_improvement=self.settings.retrain.min_improvement, on_registered=trained)
         result, decision = release.result, release.decision
-        self._step(job_id, {"step": "train", "version": result.version, "snapshot_id": result.snapshot_id,
-                            "train_rows": len(result.train_productids), "held_out_rows": len(result.test_records),
-                            "split": "production's rows kept on their side, new rows by hash" if sticky
-                                     else "stratified",
-                            "weighted_f1_held_out": result.metrics.get("weighted_f1"),
-                            "models": [m for m in ("tfidf", "e5", "image") if f"{m}_s" in result.metrics["timings"]]})
         gate = {k: v for k, v in decision.items() if k != "evaluated_productids"}
         self._step(job_id, {"step": "gate", **gate})
         if release.promoted:

@@ -139,6 +139,7 @@ def test_labels_for_new_listings_retrain_gate_and_reach_the_running_worker(setti
         v2 = won.candidate_version
         assert won.status == "succeeded" and won.decision["promoted"] is True and v2 != v1
         assert [s["step"] for s in won.steps] == ["request", "sync", "dataset", "train", "gate", "announce", "done"]
+        assert won.steps[3]["models"] == ["tfidf"] and won.steps[3]["split"].startswith("production's rows kept")
         gate = won.decision
         assert gate["production"] == v1 and gate["candidate_weighted_f1"] > gate["production_weighted_f1"]
         assert gate["evaluated_labeled_rows"] > 0  # the held-out rows include labels the stream brought
