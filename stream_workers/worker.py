@@ -131,9 +131,6 @@ class Worker:
         cache = PredictionCache(s.cache.redis_url.get_secret_value() if s.cache.enabled else None, s.cache.ttl_seconds)
         if s.cache.enabled and not cache.ping():
             log.warning("Redis at %s does not answer: running without the prediction cache", s.cache.redis_url)
-        # Redis and the database asked now and then, from a thread: the gauges and readiness follow them down and up
-        checks = DependencyChecks(self.observer, s.worker.health_check_every_s, database=lambda: ping(self.engine),
-                                  cache=cache.ping if s.cache.enabled else None).start()
         processor = BatchProcessor(runtime, cache, self.observer, s, self.instance_id)
 
         consumer = make_consumer(s, s.worker.group_id, **self._consumer_config())
@@ -148,6 +145,9 @@ class Worker:
         log.info("worker %s (%s member, %s) consuming %s in group %s with model %s on %s", self.instance_id,
                  "static" if self.static_member else "dynamic", s.worker.processing_guarantee, s.topics.products,
                  s.worker.group_id, runtime.version, runtime.provider)
+        # Redis and the database asked now and then, from a thread: the gauges and readiness follow them down and up
+        checks = DependencyChecks(self.observer, s.worker.health_check_every_s, database=lambda: ping(self.engine),
+                                  cache=cache.ping if s.cache.enabled else None).start()
         try:
             while not self._stop.is_set():
                 checkpoint.tick()  # resume partitions paused after a failed write once their backoff is over
