@@ -12,7 +12,8 @@ from rakuten_cli.signals import stopping_on_signals
 def worker(
     ctx: typer.Context,
     group: str = typer.Option(None, help="consumer group (RAKUTEN_WORKER_GROUP_ID)"),
-    instance_id: str = typer.Option(None, help="static group.instance.id (RAKUTEN_WORKER_INSTANCE_ID)"),
+    instance_id: str = typer.Option(None, help="static group.instance.id, a stable one only (StatefulSet pod name); "
+                                                 "unset: dynamic membership (RAKUTEN_WORKER_INSTANCE_ID)"),
     batch_size: int = typer.Option(None, help="max messages per micro-batch (RAKUTEN_BATCH_MAX_MESSAGES)"),
     metrics_port: int = typer.Option(None, help="Prometheus port, 0 = off (RAKUTEN_METRICS_PORT)"),
     migrate: bool = typer.Option(True, "--migrate/--no-migrate",

@@ -181,8 +181,10 @@ def test_a_worker_stopped_mid_stream_and_restarted_loses_nothing(settings, text_
 def test_exactly_once_a_read_committed_consumer_sees_each_prediction_once_after_a_sigkill(settings, text_model,
                                                                                          database_url, tmp_path):
     """The same SIGKILL + restart of one static member, with RAKUTEN_PROCESSING_GUARANTEE=exactly-once:
-    the restarted worker's producer (same transactional.id) aborts the transaction the killed one
-    left open, and its redone batch is committed once."""
+    the restarted worker's producer (same transactional.id) aborts any transaction the killed one
+    left open, and its redone batch is committed once. Whether the kill lands inside an open
+    transaction is up to timing (on a 2-core machine it mostly lands between two batches); the
+    abort-and-redo path itself is specified with stub transactions in test_checkpoint.py."""
     s = stream_settings(settings, database_url, instance_id="eos-worker-0", processing_guarantee="exactly-once")
     register_production(s, text_model)
     published = [listing(i) for i in range(1, 301)]
