@@ -12,9 +12,9 @@
    those rows for its choices, the other 20% scored through the ONNX path the workers use):
    held-out weighted F1, the e5 int8 cost, the time of each step and the peak memory.
 
---cache-dir keeps the e5 embeddings and the image features on disk (keyed by the exact inputs
-and encoder settings): the first run computes them, later runs reuse them. Keep it outside the
-repository.
+--cache-dir keeps the e5 embeddings, the image features and the out-of-fold predictions on disk
+(each keyed by everything that determines it: inputs, encoder settings, folds, model parameters):
+the first run computes them, later runs reuse them. Keep it outside the repository.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="cache of e5 embeddings and image features")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--no-train", action="store_true", help="the k-fold figures only")
+    parser.add_argument("--no-kfold", action="store_true", help="the release run only")
     parser.add_argument("--no-e5", action="store_true")
     parser.add_argument("--no-image", action="store_true")
     args = parser.parse_args()
@@ -55,42 +56,9 @@ def main() -> None:
         cache_dir=args.cache_dir,
     )
 
-    start = time.perf_counter()
-    with default_progress() as progress:
-        kfold = kfold_only(config, progress)
-    kfold_minutes = (time.perf_counter() - start) / 60
-    f = kfold.figures
-    models = f["models"]
-    text_models = [m for m in ("tfidf", "e5", "joint") if m in models]
-    best_text = max(text_models, key=lambda m: models[m]["weighted_f1_with_image"]["mean"])
-    print(
-        f"{f['n_folds']}-fold stratified, out of fold, on {f['n_rows']} rows ({f['n_rows_with_image']} with an "
-        f"image); mean ± std over the folds:"
-    )
-    print("\n".join(format_figures(f)))
-    fused = models["fused"]
-    print(
-        f"fused (e5 head: {kfold.e5_head_input}; fused F1 by e5 head {f.get('fused_by_e5_head_input')}) "
-        f"{fused['weighted_f1']['mean']:.4f} ± {fused['weighted_f1']['std']:.4f} (target >= 0.81) | rows with an "
-        f"image: fused {fused['weighted_f1_with_image']['mean']:.4f} vs best text ({best_text}) "
-        f"{models[best_text]['weighted_f1_with_image']['mean']:.4f} | ECE {fused['ece']:.4f} (target <= 0.015)"
-    )
-    if kfold.cascade is not None:
-        c = kfold.cascade
-        print(
-            f"cascade: threshold {c.threshold} on the {c.cheap_model} confidence -> {c.cheap_share:.1%} answered "
-            f"by {c.cheap_model} alone, weighted F1 {c.oof_weighted_f1_cascade} vs {c.oof_weighted_f1_all} "
-            f"running everything (allowed loss {config.cascade_max_loss})"
-        )
-    print(f"k-fold: {kfold_minutes:.1f} min {json.dumps({k: round(v) for k, v in kfold.timings.items()})}")
-    summary = {
-        "kfold": {
-            "figures": f,
-            "cascade": kfold.cascade.to_manifest() if kfold.cascade else None,
-            "e5_head_input": kfold.e5_head_input,
-            "minutes": round(kfold_minutes, 1),
-        }
-    }
+    summary: dict = {}
+    if not args.no_kfold:
+        summary["kfold"] = _kfold(config)
     if not args.no_train:
         start = time.perf_counter()
         with default_progress() as progress:
@@ -121,6 +89,43 @@ def main() -> None:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         }
     print(json.dumps(summary))
+
+
+def _kfold(config: TrainConfig) -> dict:
+    start = time.perf_counter()
+    with default_progress() as progress:
+        kfold = kfold_only(config, progress)
+    kfold_minutes = (time.perf_counter() - start) / 60
+    f = kfold.figures
+    models = f["models"]
+    text_models = [m for m in ("tfidf", "e5", "joint") if m in models]
+    best_text = max(text_models, key=lambda m: models[m]["weighted_f1_with_image"]["mean"])
+    print(
+        f"{f['n_folds']}-fold stratified, out of fold, on {f['n_rows']} rows ({f['n_rows_with_image']} with an "
+        f"image); mean ± std over the folds:"
+    )
+    print("\n".join(format_figures(f)))
+    fused = models["fused"]
+    print(
+        f"fused (e5 head: {kfold.e5_head_input}; fused F1 by e5 head {f.get('fused_by_e5_head_input')}) "
+        f"{fused['weighted_f1']['mean']:.4f} ± {fused['weighted_f1']['std']:.4f} (target >= 0.81) | rows with an "
+        f"image: fused {fused['weighted_f1_with_image']['mean']:.4f} vs best text ({best_text}) "
+        f"{models[best_text]['weighted_f1_with_image']['mean']:.4f} | ECE {fused['ece']:.4f} (target <= 0.015)"
+    )
+    if kfold.cascade is not None:
+        c = kfold.cascade
+        print(
+            f"cascade: threshold {c.threshold} on the {c.cheap_model} confidence -> {c.cheap_share:.1%} answered "
+            f"by {c.cheap_model} alone, weighted F1 {c.oof_weighted_f1_cascade} vs {c.oof_weighted_f1_all} "
+            f"running everything (allowed loss {config.cascade_max_loss})"
+        )
+    print(f"k-fold: {kfold_minutes:.1f} min {json.dumps({k: round(v) for k, v in kfold.timings.items()})}")
+    return {
+        "figures": f,
+        "cascade": kfold.cascade.to_manifest() if kfold.cascade else None,
+        "e5_head_input": kfold.e5_head_input,
+        "minutes": round(kfold_minutes, 1),
+    }
 
 
 if __name__ == "__main__":

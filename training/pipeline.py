@@ -36,6 +36,7 @@ from rakuten_stream.settings import ImageSettings
 from training.crossval import (
     CascadeChoice,
     JointParams,
+    OutOfFold,
     choose_cascade_threshold,
     cross_fitted_confidence,
     cross_fitted_fusion,
@@ -408,8 +409,8 @@ class KfoldResult:
 def kfold_only(config: TrainConfig, progress: Progress | None = None) -> KfoldResult:
     """The out-of-fold figures of every model and of the fusion over all labelled rows of
     ``config.data`` (``config.test_size`` ignored), and the choices the release would make on them;
-    nothing is exported. With ``config.cache_dir`` the e5 embeddings and image features are
-    computed once (the encoders are built only on a cache miss)."""
+    nothing is exported. With ``config.cache_dir`` the e5 embeddings, image features and the
+    out-of-fold predictions are computed once (the e5 encoder is built only on a cache miss)."""
     import tempfile
 
     config = with_available_models(dataclasses.replace(config, test_size=0))
@@ -433,10 +434,27 @@ def kfold_only(config: TrainConfig, progress: Progress | None = None) -> KfoldRe
             steps.done(f"image features ({timings['image_features_s']:.0f}s)")
     advance = steps.start(f"{len(np.unique(folds))}-fold out-of-fold predictions of every model on {len(split.y)} rows",
                           len(np.unique(folds)))
-    oof = out_of_fold([t.title_weighted for t in split.texts], split.y, folds, len(classes), config.tfidf,
-                      embeddings=embeddings, e5_head_params=config.e5_head,
-                      joint_params=config.joint if config.use_e5 else None, image_features=image_features,
-                      has_image=has_image, image_head_params=config.image_head, progress=advance)
+    texts = [t.title_weighted for t in split.texts]
+    names = ["tfidf"] + (["e5", "joint"] if embeddings is not None else []) + (
+        ["image"] if image_features is not None and has_image.any() else [])
+    # the out-of-fold predictions are determined by the rows, folds, features and model parameters: the key
+    key = cache_key("oof", {"models": names, "folds": folds.tolist(), "y": split.y.tolist(),
+                            "tfidf": asdict(config.tfidf), "e5_head": asdict(config.e5_head),
+                            "joint": asdict(config.joint), "image_head": asdict(config.image_head),
+                            "embeddings": _digest(embeddings), "image_features": _digest(image_features),
+                            "has_image": has_image.tolist()}, texts)
+
+    def compute() -> np.ndarray:
+        oof = out_of_fold(texts, split.y, folds, len(classes), config.tfidf, embeddings=embeddings,
+                          e5_head_params=config.e5_head, joint_params=config.joint if config.use_e5 else None,
+                          image_features=image_features, has_image=has_image, image_head_params=config.image_head,
+                          progress=advance)
+        return np.stack([oof.probs[m] for m in names])
+
+    stacked = cached_array(config.cache_dir, key, compute)
+    probs = dict(zip(names, stacked, strict=True))
+    present = {m: (has_image.copy() if m == "image" else np.ones(len(split.y), dtype=bool)) for m in names}
+    oof = OutOfFold(probs, present, folds)
     choice = _choose_models(oof.probs, oof.present, split.y, folds, config)
     fused = cross_fitted_confidence(choice["fused"][choice["e5_head_input"]], split.y, folds)
     figures = kfold_figures(split.y, {**oof.probs, "fused": fused}, oof.present, has_image, folds)
@@ -446,6 +464,12 @@ def kfold_only(config: TrainConfig, progress: Progress | None = None) -> KfoldRe
     timings["out_of_fold_s"] = clock.lap()
     steps.done(f"out-of-fold predictions ({timings['out_of_fold_s']:.0f}s)")
     return KfoldResult(figures, cascade, choice["e5_head_input"], timings)
+
+
+def _digest(array: np.ndarray | None) -> str | None:
+    import hashlib
+
+    return None if array is None else hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
 class _Clock:
