@@ -48,21 +48,16 @@ def test_the_joint_head_accepts_sparse_or_dense_tfidf_rows(joint_model, tiny_dat
     runtime = ModelRuntime(joint_model)
     records = load_dataset(tiny_data).records[:4]
     texts = [ListingText.of(r.designation, r.description) for r in records]
-    dense = runtime.predict(texts).probs
+    embeddings = runtime.embed_e5([t.full for t in texts])
+    from_sparse = runtime.e5_head_probabilities(embeddings, texts)  # the featurizer's CSR rows
     featurizer = runtime.featurizer
     original = featurizer.transform
-
-    class Sparse:  # what a sparse featurizer hands over: anything with toarray()
-        def __init__(self, rows):
-            self.rows = np.asarray(rows)
-
-        def toarray(self):
-            return self.rows
-
-    featurizer.transform = lambda texts: Sparse(original(texts))
+    featurizer.transform = lambda rows: np.asarray(original(rows).toarray())  # dense rows, as older featurizers
     try:
-        sparse = runtime.e5_head_probabilities(runtime.embed_e5([t.full for t in texts]), texts)
+        from_dense = runtime.e5_head_probabilities(embeddings, texts)
     finally:
         featurizer.transform = original
-    np.testing.assert_allclose(sparse, runtime.predict_e5(texts), atol=1e-6)
-    np.testing.assert_allclose(dense.sum(axis=1), 1, atol=1e-6)
+    np.testing.assert_allclose(from_sparse, from_dense, atol=1e-6)
+    np.testing.assert_allclose(runtime.predict(texts).probs.sum(axis=1), 1, atol=1e-6)
+    with pytest.raises(ValueError, match="pass the texts"):
+        runtime.e5_head_probabilities(embeddings)
