@@ -202,8 +202,8 @@ def test_a_healthy_stream_raises_nothing_and_a_class_mix_shift_raises_one_reques
     version = read_manifest(artifact_dir).version
     healthy = scored[:800]  # 8 windows of rows from the training distribution, with their labels
     few = {c for c, _ in sorted(((c, n) for c, n in _counts(scored).items()), key=lambda x: -x[1])[:3]}
-    # only 3 categories: 2 windows, and 10 more so that the second closes even if an event is redelivered or
-    # (seen in about 1 of 10 restarts on the embedded broker, not explained yet) one internal event goes missing
+    # only 3 categories: 2 windows, and 10 more so that the second closes even if one internal event goes
+    # missing (seen after restarts on the embedded broker, not explained yet: README, Known limits)
     shifted = [(r, s) for r, s in scored[800:] if r.prdtypecode in few][:210]
     assert len(shifted) == 210
     publish(drift_settings, healthy, version)
@@ -250,7 +250,7 @@ def test_a_restart_resumes_the_open_window_from_the_changelog(drift_settings, dr
         first.stop()
     assert reports.list_reports(make_engine(settings.database.url.get_secret_value())) == []
     publish(settings, scored[60:120], version, labels=False)  # 60 more: a fresh window could not reach 100, and
-    # window 0 still closes if one event goes missing (seen in about 1 of 10 restarts on the embedded broker)
+    # window 0 still closes if one event goes missing (seen in about half of the restarts on the embedded broker)
     second = DriftConsumerProcess(settings, log_path)  # same app id and group, fresh memory: state from changelog
     try:
         first_window = wait_for_reports(settings.database.url.get_secret_value(), 1, second, log_path, timeout_s=180)[0]
