@@ -84,7 +84,8 @@ async def predict(request: Request) -> JSONResponse:
             responses={404: {"description": "no stored prediction for this product"}})
 def stored_prediction(request: Request, productid: int,
                       model_version: str | None = Query(None, description="default: the latest")) -> Prediction:
-    """The prediction a worker stored for a product (PostgreSQL), the newest first."""
+    """The prediction a worker stored for a product (PostgreSQL), the newest first. The table keeps the
+    prediction itself; the drift figures of `predictions.v1` (text_chars, modality_classes) are not stored."""
     query = select(PredictionRow).where(PredictionRow.productid == productid)
     if model_version is not None:
         query = query.where(PredictionRow.model_version == model_version)
