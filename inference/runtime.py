@@ -55,6 +55,8 @@ class BatchPrediction:
     present: dict[str, np.ndarray]
     contributions: dict[str, np.ndarray]
     seconds: dict[str, float] = field(default_factory=dict)
+    #: rows the cascade answered with the cheap model alone (``present`` then says only it ran)
+    cheap: np.ndarray | None = None
 
     def top_k(self, row: int, k: int) -> list[tuple[int, float]]:
         order = np.argsort(-self.probs[row])[:k]
@@ -163,20 +165,69 @@ class ModelRuntime:
         return expand_to_classes(probs, self.manifest.image.classes, self.manifest.classes)
 
     # --- the whole model ---------------------------------------------------------------------
+    @property
+    def cascade_threshold(self) -> float | None:
+        """The manifest's cascade threshold (chosen out of fold by training), None: every model runs.
+
+        A listing whose cheap (TF-IDF) calibrated confidence is at least the threshold is answered
+        by the cheap model alone; e5 and the image encoder run only for the others.
+        """
+        cascade = self.manifest.cascade or {}
+        threshold = cascade.get("threshold")
+        cheap = cascade.get("cheap_model", "tfidf")
+        if threshold is None or cheap != "tfidf" or not self.manifest.tfidf or self.manifest.modalities == ["tfidf"]:
+            return None
+        return float(threshold)
+
     def predict(self, texts: Sequence[ListingText], images: Sequence[Image.Image | None] | None = None,
-                image_batch_size: int = 32) -> BatchPrediction:
-        """Fused prediction for ``texts[i]`` with optional ``images[i]`` (None: no photo)."""
+                image_batch_size: int = 32, cascade: bool = True) -> BatchPrediction:
+        """Prediction for ``texts[i]`` with optional ``images[i]`` (None: no photo): the cheap
+        model's own answer where the cascade stops there, the fusion of every model elsewhere
+        (``cascade=False`` or no threshold in the manifest: the fusion everywhere)."""
         n = len(texts)
         images = list(images) if images is not None else [None] * n
-        modality_probs: dict[str, np.ndarray] = {}
-        present: dict[str, np.ndarray] = {}
         seconds: dict[str, float] = {}
-        n_classes = len(self.classes)
+        threshold = self.cascade_threshold if cascade else None
+        cheap_probs = None
         if self.manifest.tfidf:
             start = time.perf_counter()
-            modality_probs["tfidf"] = self.predict_tfidf(texts)
-            present["tfidf"] = np.ones(n, dtype=bool)
+            cheap_probs = self.predict_tfidf(texts)
             seconds["tfidf"] = time.perf_counter() - start
+        cheap = (cheap_probs.max(axis=1) >= threshold) if threshold is not None else np.zeros(n, dtype=bool)
+        rest = np.flatnonzero(~cheap)
+        if len(rest) == n:
+            full = self._predict_all(texts, images, cheap_probs, image_batch_size, seconds)
+            full.cheap = cheap
+            return full
+        n_classes = len(self.classes)
+        probs = cheap_probs.copy()
+        modality_probs = {m: np.full((n, n_classes), 1.0 / n_classes) for m in self.manifest.modalities}
+        modality_probs["tfidf"] = cheap_probs
+        present = {m: np.zeros(n, dtype=bool) for m in self.manifest.modalities}
+        present["tfidf"][:] = True
+        contributions = {m: np.zeros(n) for m in self.manifest.modalities}
+        contributions["tfidf"][cheap] = 1.0
+        if len(rest):
+            part = self._predict_all([texts[i] for i in rest], [images[i] for i in rest], cheap_probs[rest],
+                                     image_batch_size, seconds)
+            probs[rest] = part.probs
+            for m in part.modality_probs:
+                modality_probs[m][rest] = part.modality_probs[m]
+                present[m][rest] = part.present[m]
+                contributions[m][rest] = part.contributions[m]
+        return BatchPrediction(probs, modality_probs, present, contributions, seconds, cheap)
+
+    def _predict_all(self, texts: Sequence[ListingText], images: list[Image.Image | None],
+                     tfidf_probs: np.ndarray | None, image_batch_size: int, seconds: dict[str, float]
+                     ) -> BatchPrediction:
+        """Every model on every row, fused."""
+        n = len(texts)
+        modality_probs: dict[str, np.ndarray] = {}
+        present: dict[str, np.ndarray] = {}
+        n_classes = len(self.classes)
+        if tfidf_probs is not None:
+            modality_probs["tfidf"] = tfidf_probs
+            present["tfidf"] = np.ones(n, dtype=bool)
         if self.manifest.e5:
             start = time.perf_counter()
             modality_probs["e5"] = self.predict_e5(texts)

@@ -174,11 +174,13 @@ def score(
     modalities = list(scored.modality_probs)
     with open(out, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["productid", "prdtypecode", "category", "confidence"] + [f"p_{m}" for m in modalities])
+        writer.writerow(["productid", "prdtypecode", "category", "confidence", "modalities"]
+                        + [f"p_{m}" for m in modalities])
         for i, record in enumerate(dataset.records):
             best = int(scored.probs[i].argmax())
             code, name = runtime.category(best)
-            writer.writerow([record.productid, code, name, round(float(scored.probs[i, best]), 6)]
+            ran = " ".join(m for m in modalities if scored.present[m][i])  # the models that ran (the cascade)
+            writer.writerow([record.productid, code, name, round(float(scored.probs[i, best]), 6), ran]
                             + [round(float(scored.modality_probs[m][i, best]), 6) if scored.present[m][i] else ""
                                for m in modalities])
     console.print(f"wrote {len(dataset.records)} predictions to {out}")

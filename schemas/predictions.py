@@ -25,7 +25,7 @@ class SourcePosition(BaseModel):
 class Prediction(VersionedMessage):
     TOPIC: ClassVar[str] = "predictions.v1"
 
-    schema_version: str = "1.2"
+    schema_version: str = "1.3"
 
     productid: int
     prdtypecode: int
@@ -35,7 +35,10 @@ class Prediction(VersionedMessage):
     contributions: dict[str, float] = Field(
         default_factory=dict, description="share of the decision per modality (text_tfidf, text_e5, image)"
     )
-    modalities: list[str] = Field(default_factory=list, description="modalities that were available")
+    modalities: list[str] = Field(
+        default_factory=list, description="the models that ran for this listing (tfidf, e5, image). Since 1.3 a "
+        "listing the confidence-gated cascade answers with the cheap model alone says only [\"tfidf\"] even if it "
+        "has a photo; before 1.3 every available modality ran")
     model_version: str
     source: SourcePosition | None = None
     content_hash: str | None = None
