@@ -147,3 +147,32 @@ def test_score_writes_which_models_ran(tiny_model, tiny_data, tmp_path, threshol
     with open(out, encoding="utf-8") as handle:
         ran = [row["modalities"] for row in csv.DictReader(handle)]
     assert len(ran) == 60 and set(ran) <= {"tfidf", "tfidf image"} and "tfidf" in ran and "tfidf image" in ran
+
+
+def test_the_prediction_cache_keeps_each_versions_answers_and_which_models_ran(cascade, everything, tiny_data,
+                                                                               redis_url):
+    from rakuten_stream.cache import PredictionCache
+    from rakuten_stream.metrics import ServiceMetrics
+    from rakuten_stream.settings import Settings
+    from stream_workers.batch import BatchProcessor
+    from tests.helpers import listing_json
+    from tests.stream_workers.stubs import messages
+
+    records = [r for r in load_dataset(tiny_data).records if r.image_path is not None][:24]
+    batch = messages([listing_json(r.productid, r.designation, r.description, image=r.image_path.read_bytes())
+                      for r in records])
+    cache = PredictionCache(redis_url, ttl_seconds=60)
+    for key in cache._client.scan_iter("rakuten:pred:with-cascade:*"):  # a previous session's tiny model
+        cache._client.delete(key)
+
+    def answers(runtime):
+        outcome = BatchProcessor(runtime, cache, ServiceMetrics(), Settings(), "test").process(batch)
+        return outcome.cache_hits, {p.productid: (p.prdtypecode, p.confidence, p.modalities)
+                                    for p in outcome.predictions}
+
+    hits, first = answers(cascade)
+    again_hits, again = answers(cascade)
+    assert hits == 0 and again_hits == len(records) and again == first  # cached with the models that ran
+    assert {tuple(m) for _, _, m in first.values()} == {("tfidf",), ("tfidf", "image")}
+    _, full = answers(everything)  # another version: its own entries, every model ran
+    assert {tuple(m) for _, _, m in full.values()} == {("tfidf", "image")}

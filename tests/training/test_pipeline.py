@@ -180,7 +180,8 @@ def test_score_writes_one_prediction_per_row_through_the_onnx_path(tiny_model, t
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(out, encoding="utf-8")))
     assert len(rows) == 50
-    assert set(rows[0]) == {"productid", "prdtypecode", "category", "confidence", "p_tfidf", "p_image"}
+    assert set(rows[0]) == {"productid", "prdtypecode", "category", "confidence", "modalities", "p_tfidf", "p_image"}
+    assert {r["modalities"] for r in rows} <= {"tfidf", "tfidf image"}  # no cascade key: every model that can, ran
     assert all(0 < float(r["confidence"]) <= 1 for r in rows)
 
 
