@@ -38,8 +38,9 @@ class ScoredBatch:
 
 
 def score_batch(runtime: ModelRuntime, texts: Sequence[ListingText], images: Sequence[Image.Image | None],
-                top_k: int) -> ScoredBatch:
-    prediction = runtime.predict(texts, images)
+                top_k: int, cascade: bool = True) -> ScoredBatch:
+    """``cascade=False``: every model runs even where the manifest's cascade would stop at the cheap one."""
+    prediction = runtime.predict(texts, images, cascade=cascade)
     return ScoredBatch([_scored(runtime, prediction, row, top_k, len(texts[row].full)) for row in range(len(texts))],
                        prediction)
 

@@ -46,7 +46,7 @@ from training.crossval import (
     out_of_fold,
     stratified_folds,
 )
-from training.evaluation import evaluate, plot_confusion, plot_reliability, write_report
+from training.evaluation import evaluate, plot_confusion, plot_reliability, weighted_f1, write_report
 from training.feature_cache import cache_key, cached_array, image_inputs
 from training.fusion_fit import FusionFit, fit_fusion
 from training.heads import HeadParams, head_classes, make_head
@@ -331,7 +331,8 @@ def _train_into(out: Path, version: str, dataset: Dataset, snapshot_id: str, con
 
     advance = steps.start(f"scoring {len(test_split.y)} held-out rows through ONNX", len(test_split.y))
     runtime = ModelRuntime(out, providers="cpu")
-    scored = score_records(runtime, test_split.records, advance)
+    # every model on every row (the per-model figures need them all); what the cascade serves is derived below
+    scored = score_records(runtime, test_split.records, advance, cascade=False)
     metrics = evaluate(test_split.y, scored.probs, scored.modality_probs, scored.present, classes)
     timings["evaluation_s"] = clock.lap()
     steps.done(f"held-out rows scored and evaluated ({timings['evaluation_s']:.0f}s)")
@@ -340,6 +341,11 @@ def _train_into(out: Path, version: str, dataset: Dataset, snapshot_id: str, con
     metrics["fusion"] = {"method": fusion.method, "weights": fusion.weights}
     metrics["kfold"] = kfold
     metrics["cascade"] = cascade.to_manifest() if cascade is not None else None
+    if runtime.cascade_threshold is not None:  # the served answers on the held-out rows: the cheap model's if sure
+        cheap = scored.modality_probs["tfidf"].max(axis=1) >= runtime.cascade_threshold
+        served = np.where(cheap[:, None], scored.modality_probs["tfidf"], scored.probs)
+        metrics["cascade"] |= {"held_out_cheap_share": round(float(cheap.mean()), 4),
+                               "held_out_weighted_f1": weighted_f1(test_split.y, served.argmax(axis=1))}
     if config.use_e5 and config.e5_int8:
         steps.start(f"e5: int8 against fp32 on {len(test_split.y)} held-out rows")
         metrics["e5_int8_cost"] = _int8_cost(out, runtime, test_split)
@@ -605,7 +611,8 @@ class _Scored:
 
 
 def score_records(runtime: ModelRuntime, records: list[ListingRecord], advance: Callable[[int], None] | None = None,
-                  batch_size: int = 64, max_image_bytes: int = ImageSettings().max_bytes) -> _Scored:
+                  batch_size: int = 64, max_image_bytes: int = ImageSettings().max_bytes, cascade: bool = True
+                  ) -> _Scored:
     """Score labelled or unlabelled records exactly as a worker would: the same text cleaning, the same
     image decoder and limit (an unreadable image falls back to text only, as a fetched one does), and
     the one scoring entry point."""
@@ -624,7 +631,7 @@ def score_records(runtime: ModelRuntime, records: list[ListingRecord], advance: 
                     unreadable += 1
                     log.warning("%s: image not used, text only: %s", r.image_path.name, exc)
             images.append(image)
-        chunks.append(score_batch(runtime, texts, images, top_k=1).prediction)
+        chunks.append(score_batch(runtime, texts, images, top_k=1, cascade=cascade).prediction)
         if advance is not None:
             advance(len(part))
     if unreadable:
@@ -651,7 +658,7 @@ def serving_parity(runtime: ModelRuntime, heads: dict, fusion: FusionFit, record
     texts = [ListingText.of(r.designation, r.description) for r in records]
     images = [decode_image(r.image_path.read_bytes()) if r.image_path is not None and runtime.has_image_model
               else None for r in records]
-    served = runtime.predict(texts, images).probs
+    served = runtime.predict(texts, images, cascade=False).probs  # the fusion on every row, as trained
     n, n_classes = len(records), len(runtime.classes)
     tfidf = heads["tfidf"]
     probs = {"tfidf": expand_to_classes(tfidf.predict_proba([t.title_weighted for t in texts]), tfidf.classes,
@@ -687,8 +694,6 @@ def serving_parity(runtime: ModelRuntime, heads: dict, fusion: FusionFit, record
 def _int8_cost(out: Path, runtime: ModelRuntime, split: _Split) -> dict:
     """e5 head accuracy with the fp32 encoder versus the int8 one, on the held-out rows."""
     import onnxruntime as ort
-
-    from training.evaluation import weighted_f1
 
     session = ort.InferenceSession(str(out / "e5_encoder_fp32.onnx"), providers=["CPUExecutionProvider"])
     texts = split.full_texts

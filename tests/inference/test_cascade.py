@@ -6,6 +6,8 @@ Runs the tiny real model (TF-IDF + image, trained on 270 real rows) on real list
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -36,8 +38,10 @@ def listings(tiny_data):
 
 
 @pytest.fixture(scope="module")
-def everything(tiny_model):
-    return ModelRuntime(tiny_model, providers="cpu")
+def everything(tiny_model, tmp_path_factory):
+    """The tiny model without a cascade key (training writes one): every model runs."""
+    return ModelRuntime(with_cascade(tiny_model, tmp_path_factory.mktemp("everything"), "everything", None),
+                        providers="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +71,16 @@ def cheap_only_answer(runtime: ModelRuntime, text: ListingText) -> ScoredListing
     })
 
 
-def test_the_threshold_comes_from_the_manifest(tiny_model, tmp_path, cascade, threshold):
+def test_the_threshold_comes_from_the_manifest(tiny_model, tmp_path, cascade, everything, threshold):
     assert cascade.cascade_threshold == threshold
-    assert ModelRuntime(tiny_model, providers="cpu").cascade_threshold is None  # no cascade key
-    assert ModelRuntime(with_cascade(tiny_model, tmp_path, "null", None)).cascade_threshold is None
+    assert everything.cascade_threshold is None  # cascade null
+    trained = read_manifest(tiny_model).cascade  # what training chose out of fold
+    assert ModelRuntime(tiny_model).cascade_threshold == (trained or {}).get("threshold")
+    absent = copy_as_new_version(tiny_model, tmp_path, "no-key")
+    raw = json.loads((absent / "manifest.json").read_text())
+    raw.pop("cascade", None)  # a version from before the cascade
+    (absent / "manifest.json").write_text(json.dumps(raw))
+    assert ModelRuntime(absent).cascade_threshold is None
     assert ModelRuntime(with_cascade(tiny_model, tmp_path, "other", {"threshold": 0.4})).cascade_threshold == 0.4
 
 
