@@ -341,11 +341,14 @@ def _train_into(out: Path, version: str, dataset: Dataset, snapshot_id: str, con
     metrics["fusion"] = {"method": fusion.method, "weights": fusion.weights}
     metrics["kfold"] = kfold
     metrics["cascade"] = cascade.to_manifest() if cascade is not None else None
-    if runtime.cascade_threshold is not None:  # the served answers on the held-out rows: the cheap model's if sure
+    # what the workers serve on the held-out rows (the drift reference): the cheap model's answer where it is sure
+    served_probs, served_present = scored.probs, scored.present
+    if runtime.cascade_threshold is not None:
         cheap = scored.modality_probs["tfidf"].max(axis=1) >= runtime.cascade_threshold
-        served = np.where(cheap[:, None], scored.modality_probs["tfidf"], scored.probs)
+        served_probs = np.where(cheap[:, None], scored.modality_probs["tfidf"], scored.probs)
+        served_present = {m: f if m == "tfidf" else f & ~cheap for m, f in scored.present.items()}
         metrics["cascade"] |= {"held_out_cheap_share": round(float(cheap.mean()), 4),
-                               "held_out_weighted_f1": weighted_f1(test_split.y, served.argmax(axis=1))}
+                               "held_out_weighted_f1": weighted_f1(test_split.y, served_probs.argmax(axis=1))}
     if config.use_e5 and config.e5_int8:
         steps.start(f"e5: int8 against fp32 on {len(test_split.y)} held-out rows")
         metrics["e5_int8_cost"] = _int8_cost(out, runtime, test_split)
@@ -370,8 +373,8 @@ def _train_into(out: Path, version: str, dataset: Dataset, snapshot_id: str, con
         "e5 int8 quantisation cost": metrics.get("e5_int8_cost", "not measured"),
     }, manifest.category_names, images)
     steps.done(f"plots and report ({timings['plots_s'] + clock.lap():.0f}s)")
-    write_profile(out, build_profile(version, classes, test_split.y, scored.probs, scored.modality_probs,
-                                     scored.present, [len(t.full) for t in test_split.texts]))
+    write_profile(out, build_profile(version, classes, test_split.y, served_probs, scored.modality_probs,
+                                     served_present, [len(t.full) for t in test_split.texts]))
     manifest = manifest.model_copy(update={"metrics": metrics})
     write_manifest(out, manifest)  # report, plots, reference profile and metrics are part of the version, hashed too
     return TrainResult(version, out, metrics, report, snapshot_id, test_split.records,
