@@ -172,7 +172,7 @@ def cascade_comparison(args, settings: Settings, engine, tmp: Path) -> dict:
     _, held_out, classes = split_dataset(dataset, TrainConfig(data=args.data, model_dir=tmp, **split))
     rows = held_out.records[: args.f1_rows] if args.f1_rows else held_out.records
     y = np.asarray([classes.index(r.prdtypecode) for r in rows])
-    all_scored = score_records(ModelRuntime(args.model), rows)  # every model on the version's held-out rows
+    all_scored = score_records(ModelRuntime(args.model), rows, cascade=False)  # every model, every held-out row
     threshold = args.threshold if args.threshold is not None else (manifest.cascade or {}).get("threshold")
     evaluated = np.ones(len(rows), dtype=bool)
     if threshold is None:  # a version trained before training chose one: choose it on one half, judge on the other
