@@ -134,10 +134,15 @@ def tiny_data(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real model version (TF-IDF + image + fusion, no e5 to stay quick) trained on 270 real rows."""
+    """A real model version (TF-IDF + image + fusion, no e5 to stay quick) trained on 270 real rows.
+
+    Its cascade threshold is above 1 (no loss of F1 allowed, not even none): every model runs on
+    every listing, so the worker and HTTP tests see the image model at work; the cascade's own
+    tests (tests/inference/test_cascade.py) give copies of it a threshold."""
     from training.pipeline import TrainConfig, train
 
-    result = train(TrainConfig(data=tiny_data, model_dir=tmp_path_factory.mktemp("models"), use_e5=False))
+    result = train(TrainConfig(data=tiny_data, model_dir=tmp_path_factory.mktemp("models"), use_e5=False,
+                               cascade_max_loss=-1.0))
     return result.artifact_dir
 
 

@@ -188,7 +188,7 @@ class StubRuntime:
     def category(self, index: int) -> tuple[int, str]:
         return self.CLASSES[index]
 
-    def predict(self, texts, images) -> BatchPrediction:
+    def predict(self, texts, images, cascade: bool = True) -> BatchPrediction:
         self.batches.append(len(texts))
         probs = np.array([[0.8, 0.2] if "livre" in t.title.lower() else [0.1, 0.9] for t in texts])
         ones = np.ones(len(texts))
