@@ -63,3 +63,24 @@ def test_the_first_command_installs_without_torch_and_the_demo_ends_with_its_sum
     output = result.stdout + result.stderr
     assert "rakuten-stream demo" in output and "weighted F1" in output
     assert "Traceback" not in output
+
+
+def test_the_runtime_dependencies_alone_run_a_worker_and_the_http_free_cli(tmp_path):
+    """Issue 9: no extra at all (no scikit-learn, no torch) still imports the worker and its command."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    bin_dir = venv / "bin"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    subprocess.run([str(bin_dir / "pip"), "install", "--quiet", str(ROOT)], check=True, env=env, timeout=900,
+                   cwd=tmp_path)
+    for absent in ("sklearn", "torch"):
+        probe = subprocess.run([str(bin_dir / "python"), "-c", f"import {absent}"], capture_output=True, env=env)
+        assert probe.returncode != 0, f"the runtime dependencies pulled {absent} in"
+    imports = subprocess.run([str(bin_dir / "python"), "-c", "import stream_workers.worker, inference.scoring"],
+                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert imports.returncode == 0, imports.stderr[-3000:]
+    helped = subprocess.run([str(bin_dir / "rakuten-stream"), "worker", "--help"], capture_output=True, text=True,
+                            env=env, cwd=tmp_path, timeout=120)
+    assert helped.returncode == 0, helped.stderr[-3000:]
+    assert "--instance-id" in helped.stdout

@@ -1,5 +1,6 @@
 """The alert rules in deploy/prometheus/ pass `promtool check rules` and their unit tests (`promtool test rules`)."""
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,8 +14,11 @@ PROMETHEUS = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
 @pytest.fixture(scope="module")
 def promtool() -> str:
     path = shutil.which("promtool")
-    if path is None:
-        pytest.fail("promtool is required (apt-get install prometheus; .ci/run installs it)")
+    if path is None:  # like the page's chromium: skipped on a laptop without it, a failure in CI
+        message = "promtool not found: apt-get install -y prometheus (.ci/run installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
     return path
 
 
