@@ -31,7 +31,6 @@ from rakuten_stream.kafka import make_consumer, make_producer
 from rakuten_stream.settings import Settings
 from schemas import DeadLetter, Prediction
 from schemas.tables import PredictionRow
-from stream_workers.worker import Worker
 from tests.helpers import wait_until
 
 
@@ -114,21 +113,6 @@ def _answers(client) -> bool:
         return False
 
 
-class ThreadWorker:
-    """A Worker on a thread of the test process; stops cleanly on exit."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.worker = Worker(settings, retry_pause_s=0.2)
-        self.thread = threading.Thread(target=self.worker.run, daemon=True)
-
-    def __enter__(self) -> Worker:
-        self.thread.start()
-        return self.worker
-
-    def __exit__(self, *exc) -> None:
-        self.worker.stop()
-        self.thread.join(60)
-        assert not self.thread.is_alive(), "worker did not stop"
 
 
 class WorkerProcess:

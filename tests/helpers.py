@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from confluent_kafka import TopicPartition
@@ -197,3 +200,40 @@ class ImageServers:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._silent.close()
+
+
+class WorkerThread:
+    """A Worker (given, or built from settings) on a thread of the test process; keeps what its loop
+    raised (and lets it reach the thread's excepthook as before); stops cleanly on exit."""
+
+    def __init__(self, worker_or_settings, join_s: float = 60) -> None:
+        from stream_workers.worker import Worker
+
+        given = isinstance(worker_or_settings, Worker)
+        self.worker = worker_or_settings if given else Worker(worker_or_settings, retry_pause_s=0.2)
+        self.join_s = join_s
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.worker.run()
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+    def __enter__(self) -> WorkerThread:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.worker.stop()
+        self.thread.join(self.join_s)
+        assert not self.thread.is_alive(), "worker did not stop"
+
+
+@contextmanager
+def running_worker(worker_or_settings, join_s: float = 60) -> Iterator:
+    """``with running_worker(settings) as worker:`` a Worker running on a thread for the block."""
+    with WorkerThread(worker_or_settings, join_s) as running:
+        yield running.worker

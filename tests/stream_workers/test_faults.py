@@ -17,7 +17,6 @@ from tests.fault_harness import (
     PacedPublisher,
     PrivatePostgres,
     PrivateRedis,
-    ThreadWorker,
     WorkerProcess,
     assert_accounted_for,
     dead_letters_on_topic,
@@ -26,7 +25,7 @@ from tests.fault_harness import (
     rows_of,
     settle,
 )
-from tests.helpers import register_production, wait_until
+from tests.helpers import register_production, running_worker, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +46,7 @@ def test_a_postgresql_outage_mid_stream_loses_no_listing(settings, text_model):
         register_production(s, text_model)
         published = [listing(i) for i in range(1, 301)]
         publisher = PacedPublisher(s, published, per_second=100)
-        with ThreadWorker(s) as worker:
+        with running_worker(s) as worker:
             publisher.start()
             assert wait_until(lambda: worker.stats.predicted >= 40, 60), "the worker never got going"
             pg.stop()
@@ -86,7 +85,7 @@ def test_a_poison_message_is_dead_lettered_by_bisection_and_the_stream_goes_on(s
     poison = [listing(2**63), listing(2**63 + 7)]
     published = [listing(i) for i in range(1, 101)] + poison[:1] + [listing(i) for i in range(101, 201)] + poison[1:]
     PacedPublisher(s, published, per_second=1000).run()
-    with ThreadWorker(s) as worker:
+    with running_worker(s) as worker:
         counts = settle(s, len(published))
         assert worker.health_state.poison == 2 and worker.health_state.healthy
     letters = dead_letters_on_topic(s)
@@ -105,7 +104,7 @@ def test_a_redis_outage_mid_stream_only_costs_the_cache(settings, text_model, da
         early, late = [listing(i) for i in range(1, 41)], [listing(i) for i in range(41, 151)]
         published = early + early + late + late  # repeats: cache hits while Redis is up, misses while down
         publisher = PacedPublisher(s, published, per_second=150)
-        with ThreadWorker(s) as worker:
+        with running_worker(s) as worker:
             publisher.start()
             assert wait_until(lambda: worker.stats.predicted >= 100, 60)
             redis_server.stop()
@@ -131,7 +130,7 @@ def test_a_broker_restart_mid_stream_loses_nothing(settings, text_model, databas
                             database_url)
         register_production(s, text_model)
         published = [listing(i) for i in range(1, 251)]
-        with ThreadWorker(s) as worker:
+        with running_worker(s) as worker:
             PacedPublisher(s, published[:150], per_second=300).run()
             assert wait_until(lambda: worker.stats.predicted >= 30, 60)
             broker.stop()

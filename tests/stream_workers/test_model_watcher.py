@@ -7,7 +7,6 @@ where a test needs a corrupt one.
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -19,34 +18,11 @@ from rakuten_stream.database import make_engine, upgrade
 from rakuten_stream.kafka import ensure_topics, make_producer
 from schemas import ModelUpdate, Prediction
 from stream_workers.model_watcher import ModelWatcher
-from stream_workers.worker import Worker
-from tests.helpers import copy_as_new_version, listing_json, read_topic, wait_until
+from tests.helpers import WorkerThread, copy_as_new_version, listing_json, read_topic, wait_until
 
 pytestmark = pytest.mark.slow
 
 
-class WorkerThread:
-    """A Worker on a thread that keeps what it raised; stops cleanly on exit."""
-
-    def __init__(self, settings) -> None:
-        self.worker = Worker(settings, retry_pause_s=0.2)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.worker.run()
-        except BaseException as exc:  # the test asserts there is none
-            self.error = exc
-
-    def __enter__(self) -> WorkerThread:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.worker.stop()
-        self.thread.join(30)
-        assert not self.thread.is_alive(), "worker did not stop"
 
 
 @pytest.fixture

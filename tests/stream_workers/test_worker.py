@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -24,12 +23,12 @@ from rakuten_stream.datasets import load_dataset
 from rakuten_stream.kafka import ensure_topics, make_producer
 from schemas import DeadLetter, Prediction
 from schemas.tables import PredictionRow
-from stream_workers.worker import Worker
 from tests.helpers import (
     copy_as_new_version,
     listing_json,
     read_topic,
     register_production,
+    running_worker,
     settings_env,
     wait_until,
 )
@@ -78,21 +77,6 @@ def prediction_rows(settings) -> list[PredictionRow]:
     return rows
 
 
-class RunningWorker:
-    """A Worker on a thread; stops cleanly on exit."""
-
-    def __init__(self, settings) -> None:
-        self.worker = Worker(settings, retry_pause_s=0.2)
-        self.thread = threading.Thread(target=self.worker.run, daemon=True)
-
-    def __enter__(self) -> Worker:
-        self.thread.start()
-        return self.worker
-
-    def __exit__(self, *exc) -> None:
-        self.worker.stop()
-        self.thread.join(30)
-        assert not self.thread.is_alive(), "worker did not stop"
 
 
 @pytest.fixture
@@ -112,7 +96,7 @@ def worker_settings(settings, postgres_url, tiny_model, data_dir):
 def test_every_valid_listing_gets_one_prediction_and_every_invalid_one_a_dead_letter(worker_settings, tiny_data):
     valid = real_listings(tiny_data, 60)
     publish(worker_settings, valid + list(INVALID.values()))
-    with RunningWorker(worker_settings) as worker:
+    with running_worker(worker_settings) as worker:
         assert wait_until(lambda: worker.stats.consumed >= len(valid) + len(INVALID), 120)
 
     predictions = [Prediction.from_bytes(m.value()) for m in read_topic(worker_settings,
@@ -138,7 +122,7 @@ def test_every_valid_listing_gets_one_prediction_and_every_invalid_one_a_dead_le
 def test_redelivered_listings_hit_the_cache_and_do_not_duplicate_rows(worker_settings, tiny_data):
     valid = real_listings(tiny_data, 12)
     publish(worker_settings, valid + valid)  # the same 12 listings twice
-    with RunningWorker(worker_settings) as worker:
+    with running_worker(worker_settings) as worker:
         assert wait_until(lambda: worker.stats.consumed >= 24, 90)
     assert len(prediction_rows(worker_settings)) == 12
     assert worker.stats.cache_hits >= 12
@@ -148,7 +132,7 @@ def test_two_workers_in_one_group_share_the_partitions(worker_settings, tiny_dat
     valid = real_listings(tiny_data, 80)
     first = worker_settings.with_overrides(worker={"instance_id": "worker-a"}, cache={"enabled": False})
     second = worker_settings.with_overrides(worker={"instance_id": "worker-b"}, cache={"enabled": False})
-    with RunningWorker(first) as a, RunningWorker(second) as b:
+    with running_worker(first) as a, running_worker(second) as b:
         assert wait_until(lambda: a.assignment and b.assignment, 60), "both members should own a partition"
         assert not a.assignment & b.assignment
         publish(worker_settings, valid)
@@ -160,7 +144,7 @@ def test_two_workers_in_one_group_share_the_partitions(worker_settings, tiny_dat
 def test_a_promoted_version_is_picked_up_by_a_running_worker(worker_settings, tiny_data, tiny_model, tmp_path):
     listings = real_listings(tiny_data, 40)
     publish(worker_settings, listings[:20])
-    with RunningWorker(worker_settings) as worker:
+    with running_worker(worker_settings) as worker:
         assert wait_until(lambda: worker.stats.consumed >= 20, 90)
         new_dir = copy_as_new_version(tiny_model, tmp_path, "v2-retrained")
         engine = make_engine(worker_settings.database.url.get_secret_value())
@@ -233,7 +217,7 @@ def test_with_redis_down_the_worker_carries_on_without_the_cache(worker_settings
     valid = real_listings(tiny_data, 10)
     publish(worker_settings, valid)
     no_redis = worker_settings.with_overrides(cache={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
-    with RunningWorker(no_redis) as worker:
+    with running_worker(no_redis) as worker:
         assert wait_until(lambda: worker.stats.consumed >= 10, 90)
     assert len(prediction_rows(worker_settings)) == 10
     assert worker.metrics.cache_available._value.get() == 0
@@ -243,7 +227,7 @@ def test_the_worker_exports_its_model_version_and_execution_provider(worker_sett
     from prometheus_client import generate_latest
 
     publish(worker_settings, real_listings(tiny_data, 5))
-    with RunningWorker(worker_settings) as worker:
+    with running_worker(worker_settings) as worker:
         assert wait_until(lambda: worker.stats.consumed >= 5, 90)
     exposition = generate_latest(worker.metrics.registry).decode()
     assert 'rakuten_execution_provider_info{provider="CPUExecutionProvider"} 1.0' in exposition

@@ -27,7 +27,7 @@ from schemas.tables import PredictionRow
 from stream_workers.checkpoint import Checkpoint
 from stream_workers.retry import Backoff
 from stream_workers.worker import Worker
-from tests.helpers import listing_json, register_production, wait_until
+from tests.helpers import listing_json, register_production, running_worker, wait_until
 from tests.stream_workers.stubs import TOPIC, FlakySink, StubConsumer, StubProcessor, messages
 
 
@@ -110,19 +110,6 @@ def worker_settings(settings, postgres_url, tiny_model):
     return s
 
 
-class RunningWorker:
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.thread = threading.Thread(target=worker.run, daemon=True)
-
-    def __enter__(self) -> Worker:
-        self.thread.start()
-        return self.worker
-
-    def __exit__(self, *exc) -> None:
-        self.worker.stop()
-        self.thread.join(60)
-        assert not self.thread.is_alive(), "worker did not stop"
 
 
 def publish(settings, n: int, first_id: int = 700000) -> None:
@@ -146,7 +133,7 @@ def test_the_cache_gauge_follows_redis_going_down_and_coming_back(worker_setting
     s = worker_settings.with_overrides(cache={"redis_url": private_redis.url})
     worker = Worker(s, retry_pause_s=0.2)
     gauge = worker.metrics.cache_available
-    with RunningWorker(worker):
+    with running_worker(worker):
         publish(s, 3)
         assert wait_until(lambda: worker.stats.consumed >= 3, 90)
         assert gauge._value.get() == 1
@@ -171,7 +158,7 @@ def test_healthz_fails_while_the_loop_is_stuck_though_metrics_still_answer(worke
 
     worker = Worker(s, retry_pause_s=0.2, on_batch=hold)
     with HealthServer(worker.health, worker.metrics.registry, free_port(), host="127.0.0.1") as server, \
-            RunningWorker(worker):
+            running_worker(worker):
         assert wait_until(lambda: get(server.port, "/readyz")[0] == 200, 90), get(server.port, "/readyz")
         assert get(server.port, "/healthz")[0] == 200
         publish(s, 2)
@@ -193,7 +180,7 @@ def test_a_worker_without_a_model_is_live_but_not_ready_and_says_why(settings):
     upgrade(settings.database.url.get_secret_value())  # the test's own SQLite database: an empty registry
     worker = Worker(settings)
     with HealthServer(worker.health, worker.metrics.registry, free_port(), host="127.0.0.1") as server, \
-            RunningWorker(worker):
+            running_worker(worker):
         assert wait_until(lambda: worker.model_state.waiting_reason is not None, 60)
         status, body = get(server.port, "/readyz")
         assert status == 503 and body["reasons"][0].startswith("no model loaded: no production model")
